@@ -1,0 +1,295 @@
+"""Bounding boxes: finding them in text, coordinate conventions, IoU and one-to-one matching.
+
+One module serves the converters (strict: a malformed box is an error with a
+reason) and the rewards (lenient: take what parses, never raise).
+
+Conventions (the `convention` argument):
+- ``norm1``: floats in [0, 1] relative to the image (RadVLM answers, medrl's storage).
+- ``norm1000``: integers in [0, 1000] relative to the image (Qwen2-VL, Qwen3-VL).
+- ``abs``: pixels of the original image (needs its width and height).
+- ``abs_resized``: pixels of the image after the Qwen2.5-VL processor's
+  ``smart_resize`` (needs the original size and the processor's min/max pixels).
+- ``auto``: ``norm1`` when every coordinate is within [0, 1]; otherwise ``abs``
+  when the image size is known and the box fits inside it; otherwise
+  ``norm1000`` when every coordinate is within [0, 1000]; otherwise unknown.
+  ``auto`` cannot tell ``abs`` from ``abs_resized``: name the convention of a
+  Qwen2.5-VL policy explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+Box = tuple[float, float, float, float]
+
+CONVENTIONS = ("norm1", "norm1000", "abs", "abs_resized", "auto")
+
+# Qwen2.5-VL image processor defaults (preprocessor_config.json).
+QWEN_PATCH_FACTOR = 28
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 28 * 28 * 16384
+
+# Bounded pieces keep the regexes linear on adversarial text.
+_NUM = r"[-+]?(?:\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})(?:[eE][-+]?\d{1,4})?|[-+]?(?:nan|NaN|NAN|inf|Inf|INF)"
+_SEP = r"\s{0,8}[,;]?\s{0,8}"
+_BRACKET_RE = re.compile(rf"\[\s{{0,8}}((?:{_NUM})(?:\s{{0,8}},\s{{0,8}}(?:{_NUM})){{0,15}})\s{{0,8}},?\s{{0,8}}\]")
+_POINTS_RE = re.compile(
+    rf"\(\s{{0,8}}({_NUM})\s{{0,8}},\s{{0,8}}({_NUM})\s{{0,8}}\){_SEP}\(\s{{0,8}}({_NUM})\s{{0,8}},\s{{0,8}}({_NUM})\s{{0,8}}\)"
+)
+_NUM_RE = re.compile(_NUM)
+
+# Model output is untrusted and may be megabytes long: cap what we look at.
+MAX_TEXT_CHARS = 20_000
+MAX_BOXES = 64
+
+
+class BoxError(ValueError):
+    """A box in the data is malformed; the message is the reject reason."""
+
+
+@dataclass(frozen=True)
+class BoxCandidate:
+    """A group of numbers in text that looks like a box; `numbers` may have the wrong count."""
+
+    numbers: tuple[float, ...]
+    start: int
+    end: int
+    kind: str  # "bracket" for [..] lists (incl. JSON bbox_2d), "points" for (x1,y1),(x2,y2)
+
+
+def find_box_candidates(text: str, limit: int = MAX_BOXES) -> list[BoxCandidate]:
+    """Find bracketed number lists and point pairs in `text`, in reading order."""
+    if not isinstance(text, str) or not text:
+        return []
+    text = text[:MAX_TEXT_CHARS]
+    found: list[BoxCandidate] = []
+    taken: list[tuple[int, int]] = []
+    for m in _POINTS_RE.finditer(text):
+        found.append(BoxCandidate(tuple(float(g) for g in m.groups()), m.start(), m.end(), "points"))
+        taken.append(m.span())
+    for m in _BRACKET_RE.finditer(text):
+        if any(s <= m.start() < e for s, e in taken):
+            continue
+        nums = tuple(float(n) for n in _NUM_RE.findall(m.group(1)))
+        found.append(BoxCandidate(nums, m.start(), m.end(), "bracket"))
+    found.sort(key=lambda c: c.start)
+    return found[:limit]
+
+
+def check_box(numbers: Sequence[float]) -> str | None:
+    """Return why `numbers` is not a valid box (x1, y1, x2, y2), or None if it is one."""
+    if len(numbers) != 4:
+        return f"box with {len(numbers)} numbers"
+    if not all(math.isfinite(v) for v in numbers):
+        return "box with NaN or infinite coordinate"
+    x1, y1, x2, y2 = numbers
+    if min(numbers) < 0:
+        return "box with negative coordinate"
+    if x2 < x1 or y2 < y1:
+        return "box with x2 < x1 or y2 < y1"
+    return None
+
+
+def parse_boxes(text: str) -> list[Box]:
+    """Leniently read every well-formed box from free model text (never raises)."""
+    boxes = []
+    for cand in find_box_candidates(text):
+        nums = cand.numbers
+        if len(nums) != 4 or not all(math.isfinite(v) for v in nums):
+            continue
+        x1, y1, x2, y2 = nums
+        # A swapped corner is a model's slip, not a different box.
+        boxes.append((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
+    return boxes
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = QWEN_PATCH_FACTOR,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> tuple[int, int]:
+    """Size (height, width) that the Qwen2-VL/2.5-VL processor resizes an image to."""
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def resolve_convention(box: Sequence[float], convention: str, width: float | None, height: float | None) -> str:
+    """Apply the documented `auto` rule; other conventions are returned unchanged."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown box convention {convention!r}; expected one of {CONVENTIONS}")
+    if convention != "auto":
+        return convention
+    top = max(box)
+    if top <= 1.0:
+        return "norm1"
+    if width and height and box[2] <= width and box[3] <= height:
+        return "abs"
+    if top <= 1000.0:
+        return "norm1000"
+    return "unknown"
+
+
+def to_norm1(
+    box: Sequence[float],
+    convention: str = "auto",
+    width: float | None = None,
+    height: float | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> Box:
+    """Convert one box to [0, 1] coordinates; raises BoxError when the convention needs a missing size."""
+    conv = resolve_convention(box, convention, width, height)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if conv == "norm1":
+        sx, sy = 1.0, 1.0
+    elif conv == "norm1000":
+        sx, sy = 1000.0, 1000.0
+    elif conv == "abs":
+        if not (width and height):
+            raise BoxError("pixel box without a known image size")
+        sx, sy = float(width), float(height)
+    elif conv == "abs_resized":
+        if not (width and height):
+            raise BoxError("pixel box without a known image size")
+        rh, rw = smart_resize(
+            int(height), int(width), min_pixels=min_pixels or QWEN_MIN_PIXELS, max_pixels=max_pixels or QWEN_MAX_PIXELS
+        )
+        sx, sy = float(rw), float(rh)
+    else:
+        raise BoxError("coordinates above 1 with no known image size")
+    return (x1 / sx, y1 / sy, x2 / sx, y2 / sy)
+
+
+def from_norm1(box: Sequence[float], convention: str, width: int | None = None, height: int | None = None,
+               min_pixels: int | None = None, max_pixels: int | None = None) -> Box:
+    """Express a [0, 1] box in another convention (the inverse of `to_norm1`)."""
+    if convention in ("norm1", "auto"):
+        return tuple(float(v) for v in box)  # type: ignore[return-value]
+    if convention == "norm1000":
+        sx = sy = 1000.0
+    elif convention == "abs":
+        if not (width and height):
+            raise BoxError("pixel box without a known image size")
+        sx, sy = float(width), float(height)
+    elif convention == "abs_resized":
+        if not (width and height):
+            raise BoxError("pixel box without a known image size")
+        rh, rw = smart_resize(int(height), int(width), min_pixels=min_pixels or QWEN_MIN_PIXELS,
+                              max_pixels=max_pixels or QWEN_MAX_PIXELS)
+        sx, sy = float(rw), float(rh)
+    else:
+        raise ValueError(f"unknown box convention {convention!r}; expected one of {CONVENTIONS}")
+    x1, y1, x2, y2 = box
+    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+
+
+def parse_truth_boxes(text: str, width: int | None = None, height: int | None = None) -> list[Box]:
+    """Strictly read the boxes of a ground-truth answer, normalised to [0, 1]; raises BoxError."""
+    boxes: list[Box] = []
+    for cand in find_box_candidates(text, limit=10_000):
+        reason = check_box(cand.numbers)
+        if reason:
+            raise BoxError(reason)
+        box = to_norm1(cand.numbers, "auto", width, height)
+        if max(box) > 1.0 + 1e-9:
+            raise BoxError("box outside the image")
+        boxes.append(tuple(round(v, 6) for v in box))  # type: ignore[arg-type]
+    return boxes
+
+
+def coerce_boxes(obj: Any) -> list[Box]:
+    """Read ground-truth boxes from a JSON string, a list, or (nested) numpy arrays; lenient."""
+    if obj is None:
+        return []
+    if isinstance(obj, bytes):
+        obj = obj.decode("utf-8", "replace")
+    if isinstance(obj, str):
+        s = obj.strip()
+        if not s:
+            return []
+        try:
+            obj = json.loads(s)
+        except (ValueError, RecursionError):
+            return parse_boxes(s)
+    if hasattr(obj, "tolist"):  # numpy arrays, incl. object arrays of arrays
+        obj = obj.tolist()
+    if isinstance(obj, dict):
+        obj = obj.get("bbox_2d", obj.get("boxes", obj.get("bbox", [])))
+    if not isinstance(obj, (list, tuple)):
+        return []
+    items = list(obj)
+    if len(items) == 4 and all(_is_number(v) for v in items):
+        items = [items]
+    boxes = []
+    for item in items[:MAX_BOXES]:
+        if hasattr(item, "tolist"):
+            item = item.tolist()
+        if isinstance(item, dict):
+            item = item.get("bbox_2d", item.get("bbox", []))
+        if isinstance(item, (list, tuple)) and len(item) == 4 and all(_is_number(v) for v in item):
+            vals = [float(v) for v in item]
+            if all(math.isfinite(v) for v in vals):
+                boxes.append((min(vals[0], vals[2]), min(vals[1], vals[3]), max(vals[0], vals[2]), max(vals[1], vals[3])))
+    return boxes
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, (int, float)) or type(v).__name__.startswith(("float", "int", "uint"))
+
+
+def box_area(b: Sequence[float]) -> float:
+    """Area of a box; zero for degenerate boxes."""
+    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes, in [0, 1]."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = box_area(a) + box_area(b) - inter
+    if union <= 0 or not math.isfinite(union):
+        return 0.0
+    return max(0.0, min(1.0, inter / union))
+
+
+def match_boxes(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]]) -> list[tuple[int, int, float]]:
+    """One-to-one matching of predicted to true boxes maximising total IoU (Hungarian).
+
+    Returns (pred_index, true_index, iou) for each matched pair with IoU > 0.
+    """
+    if not pred or not true:
+        return []
+    if len(pred) == 1 and len(true) == 1:
+        v = iou(pred[0], true[0])
+        return [(0, 0, v)] if v > 0 else []
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    m = np.array([[iou(p, t) for t in true] for p in pred], dtype=float)
+    rows, cols = linear_sum_assignment(m, maximize=True)
+    return [(int(r), int(c), float(m[r, c])) for r, c in zip(rows, cols) if m[r, c] > 0]
+
+
+def format_boxes(boxes: Iterable[Sequence[float]], decimals: int = 4) -> str:
+    """Serialise boxes as the compact JSON string stored in `reward_model.ground_truth`."""
+    return json.dumps([[round(float(v), decimals) for v in b] for b in boxes], separators=(",", ":"))
