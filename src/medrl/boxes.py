@@ -115,8 +115,9 @@ def smart_resize(
     max_pixels: int = QWEN_MAX_PIXELS,
 ) -> tuple[int, int]:
     """Size (height, width) that the Qwen2-VL/2.5-VL processor resizes an image to."""
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
+    # Mirrors transformers' qwen2_vl.image_processing_qwen2_vl.smart_resize (tested against it).
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
@@ -199,13 +200,24 @@ def from_norm1(box: Sequence[float], convention: str, width: int | None = None, 
 
 
 def parse_truth_boxes(text: str, width: int | None = None, height: int | None = None) -> list[Box]:
-    """Strictly read the boxes of a ground-truth answer, normalised to [0, 1]; raises BoxError."""
+    """Strictly read the boxes of a ground-truth answer, normalised to [0, 1]; raises BoxError.
+
+    Boxes whose coordinates are all within [0, 1] are taken as normalised; any
+    other box is read as pixels of the original image, which needs its size.
+    """
     boxes: list[Box] = []
     for cand in find_box_candidates(text, limit=10_000):
         reason = check_box(cand.numbers)
         if reason:
             raise BoxError(reason)
-        box = to_norm1(cand.numbers, "auto", width, height)
+        # Data uses [0, 1] floats or pixels of the original image; 0-1000 is a
+        # model-output convention, so a truth box above 1 needs the image size.
+        if max(cand.numbers) <= 1.0:
+            box = tuple(cand.numbers)
+        elif width and height:
+            box = to_norm1(cand.numbers, "abs", width, height)
+        else:
+            raise BoxError("coordinates above 1 with no known image size")
         if max(box) > 1.0 + 1e-9:
             raise BoxError("box outside the image")
         boxes.append(tuple(round(v, 6) for v in box))  # type: ignore[arg-type]

@@ -1,0 +1,118 @@
+"""Box parsing, conventions, IoU and matching (medrl.boxes)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medrl import boxes as B
+
+
+def test_radvlm_answer_with_several_boxes_and_findings():
+    text = ("There is a nodule located at the coordinates [0.12, 0.34, 0.56, 0.78] and [0.6, 0.1, 0.9, 0.3]; "
+            "an effusion located at the coordinates [0.05, 0.7, 0.4, 0.95].")
+    assert B.parse_truth_boxes(text) == [(0.12, 0.34, 0.56, 0.78), (0.6, 0.1, 0.9, 0.3), (0.05, 0.7, 0.4, 0.95)]
+
+
+def test_pixel_truth_boxes_normalised_by_image_size():
+    assert B.parse_truth_boxes("at [64, 32, 128, 96]", width=256, height=128) == [(0.25, 0.25, 0.5, 0.75)]
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("at [0.1, 0.2, 0.3]", "box with 3 numbers"),
+        ("at [nan, 0.2, 0.3, 0.4]", "box with NaN or infinite coordinate"),
+        ("at [0.5, 0.2, 0.3, 0.4]", "box with x2 < x1 or y2 < y1"),
+        ("at [10, 20, 30, 40]", "coordinates above 1 with no known image size"),
+        ("at [10, 20, 300, 40]", "box outside the image"),
+    ],
+)
+def test_malformed_truth_boxes_raise_with_reason(text, reason):
+    with pytest.raises(B.BoxError) as err:
+        B.parse_truth_boxes(text, width=None if "no known" in reason else 100, height=None if "no known" in reason else 100)
+    assert str(err.value) == reason
+
+
+def test_lenient_parse_reads_model_formats():
+    text = ('<answer>{"bbox_2d": [10, 20, 30, 40]} <|box_start|>(100,200),(300,400)<|box_end|> '
+            '[[0.1,0.2,0.3,0.4]] [0.9, 0.9, 0.1, 0.1] [1,2,3]</answer>')
+    assert B.parse_boxes(text) == [
+        (10.0, 20.0, 30.0, 40.0),
+        (100.0, 200.0, 300.0, 400.0),
+        (0.1, 0.2, 0.3, 0.4),
+        (0.1, 0.1, 0.9, 0.9),  # swapped corners are reordered
+    ]
+
+
+def test_conventions_round_trip_and_auto_rule():
+    box = (0.1, 0.2, 0.5, 0.6)
+    for conv in ("norm1", "norm1000", "abs", "abs_resized"):
+        there = B.from_norm1(box, conv, width=640, height=480)
+        back = B.to_norm1(there, conv, width=640, height=480)
+        assert all(math.isclose(a, b, abs_tol=1e-12) for a, b in zip(box, back)), conv
+    assert B.resolve_convention((0.1, 0.2, 0.5, 0.6), "auto", None, None) == "norm1"
+    assert B.resolve_convention((100, 200, 500, 400), "auto", 640, 480) == "abs"
+    assert B.resolve_convention((100, 200, 900, 700), "auto", 640, 480) == "norm1000"
+    assert B.resolve_convention((100, 200, 900, 700), "auto", None, None) == "norm1000"
+    with pytest.raises(B.BoxError):
+        B.to_norm1((100, 200, 5000, 700), "auto")
+    with pytest.raises(ValueError):
+        B.to_norm1(box, "pixels")
+
+
+@pytest.mark.parametrize("h, w", [(1024, 768), (2048, 2500), (30, 40), (512, 512), (3000, 200)])
+@pytest.mark.parametrize("min_px, max_px", [(3136, 12845056), (3136, 1003520), (200704, 1003520)])
+def test_smart_resize_matches_transformers(h, w, min_px, max_px):
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    assert B.smart_resize(h, w, min_pixels=min_px, max_pixels=max_px) == smart_resize(
+        h, w, factor=28, min_pixels=min_px, max_pixels=max_px
+    )
+
+
+def test_abs_resized_uses_processor_size_not_original():
+    # A 1000x800 (HxW) image resized for Qwen2.5-VL within 1003520 pixels.
+    rh, rw = B.smart_resize(1000, 800, max_pixels=1003520)
+    box = B.to_norm1((0, 0, rw / 2, rh / 2), "abs_resized", width=800, height=1000, max_pixels=1003520)
+    assert box == pytest.approx((0, 0, 0.5, 0.5))
+
+
+def test_iou_closed_form():
+    assert B.iou((0, 0, 1, 1), (0, 0, 1, 1)) == 1.0
+    assert B.iou((0, 0, 1, 1), (1, 1, 2, 2)) == 0.0
+    assert B.iou((0, 0, 2, 1), (1, 0, 3, 1)) == pytest.approx(1 / 3)
+    assert B.iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
+
+
+def test_hungarian_beats_greedy():
+    # Greedy would pair pred 0 with true 0 (0.6) and leave pred 1 with a poor match.
+    true = [(0.0, 0.0, 1.0, 1.0), (0.0, 0.0, 0.6, 1.0)]
+    pred = [(0.0, 0.0, 0.6, 1.0), (0.0, 0.0, 0.9, 1.0)]
+    pairs = B.match_boxes(pred, true)
+    assert {(p, t) for p, t, _ in pairs} == {(0, 1), (1, 0)}
+    assert sum(v for *_, v in pairs) == pytest.approx(1.0 + 0.9)
+
+
+def test_coerce_ground_truth_shapes():
+    expected = [(0.1, 0.2, 0.3, 0.4)]
+    assert B.coerce_boxes("[[0.1, 0.2, 0.3, 0.4]]") == expected
+    assert B.coerce_boxes([[0.1, 0.2, 0.3, 0.4]]) == expected
+    assert B.coerce_boxes([0.1, 0.2, 0.3, 0.4]) == expected
+    assert B.coerce_boxes(np.array([np.array([0.1, 0.2, 0.3, 0.4])], dtype=object)) == expected
+    assert B.coerce_boxes(np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32))[0] == pytest.approx(expected[0])
+    assert B.coerce_boxes("[]") == [] and B.coerce_boxes(None) == [] and B.coerce_boxes(np.array([])) == []
+    assert B.format_boxes(expected) == "[[0.1,0.2,0.3,0.4]]"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(), max_size=400) | st.from_regex(r"[\[\]\(\),.0-9eE+\- nai]{0,300}"))
+def test_lenient_parsing_never_raises_and_yields_ordered_finite_boxes(text):
+    for b in B.parse_boxes(text):
+        assert len(b) == 4 and all(math.isfinite(v) for v in b)
+        assert b[0] <= b[2] and b[1] <= b[3]
+    B.coerce_boxes(text)
