@@ -1,0 +1,62 @@
+"""Finding the parts of a model's reply: the `<think>` reasoning and the answer section.
+
+Rule (shared by every reward): the answer is the text inside the first
+``<answer>...</answer>`` when present (an unclosed ``<answer>`` runs to the end),
+else the text after the last ``</think>``, else the whole reply.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Model output is untrusted and may be huge: every reward looks at this much at most.
+MAX_REPLY_CHARS = 20_000
+
+_ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S | re.I)
+_THINK_RE = re.compile(r"<think>(.*?)(?:</think>|\Z)", re.S | re.I)
+_THINK_END = "</think>"
+
+# Phrases with which an answer states that the image shows nothing abnormal
+# (RadVLM's no-finding answers and their usual paraphrases).
+_NO_FINDING_RE = re.compile(
+    r"\bno\s+(?:significant\s+|acute\s+|obvious\s+|visible\s+|definite\s+|radiographic\s+)?"
+    r"(?:findings?|abnormalit(?:y|ies)|lesions?|pathology|disease|evidence\s+of\s+(?:disease|abnormalit))"
+    r"|\bno\s+acute\s+(?:cardiopulmonary|intrathoracic)\b"
+    r"|\b(?:normal|unremarkable)\s+(?:chest|study|examination|exam|radiograph|x-?ray)\b"
+    r"|\bwithin\s+normal\s+limits\b|\bnothing\s+abnormal\b|\bno\s+boxes?\b|\bnone\s+(?:found|detected|seen)\b",
+    re.I,
+)
+
+
+def answer_section(text: str) -> tuple[str, str]:
+    """Return (answer text, where it came from: "answer" | "after_think" | "whole")."""
+    if not isinstance(text, str):
+        return "", "whole"
+    text = text[:MAX_REPLY_CHARS]
+    low = text.lower()
+    if "<answer>" in low:
+        m = _ANSWER_RE.search(text)
+        if m:
+            return m.group(1).strip(), "answer"
+    cut = low.rfind(_THINK_END)
+    if cut >= 0:
+        return text[cut + len(_THINK_END):].strip(), "after_think"
+    return text.strip(), "whole"
+
+
+def extract_answer(text: str) -> str:
+    """The answer section of a reply (see the module rule)."""
+    return answer_section(text)[0]
+
+
+def extract_think(text: str) -> str:
+    """The reasoning inside the first `<think>...</think>`, or "" when there is none."""
+    if not isinstance(text, str) or "<think>" not in text[:MAX_REPLY_CHARS].lower():
+        return ""
+    m = _THINK_RE.search(text[:MAX_REPLY_CHARS])
+    return m.group(1).strip() if m else ""
+
+
+def states_no_finding(text: str) -> bool:
+    """Whether the text says that nothing abnormal is visible."""
+    return bool(isinstance(text, str) and _NO_FINDING_RE.search(text[:MAX_REPLY_CHARS]))

@@ -1,0 +1,329 @@
+"""Composition: route each row by `data_source` to a weighted sum of named rewards.
+
+A spec is a small mapping (YAML file, JSON string, or dict)::
+
+    routes:                      # data_source (or fnmatch pattern) -> {reward name: weight}
+      medrl/grounding: {iou: 0.9, format: 0.1}
+      medrl/report:    {bleu: 0.9, format: 0.1}
+      "medrl/vqa*":    {vqa: 1.0}
+      my/judged:       {judge: {weight: 1.0, category: report}}   # per-term reward kwargs
+    kwargs:                      # reward name -> kwargs for every use of that reward
+      iou: {box_convention: abs_resized}
+
+An exact route key wins; otherwise patterns are tried in the order written.
+The score is sum(weight * reward score); with non-negative weights that sum to 1
+(the default routes) it stays in [0, 1]. The returned keys are the same for every
+row of a spec: `score`, then for each reward used anywhere in the spec its score
+under its name and its other keys as `name/key` (0.0 where the row's route does
+not use that reward), because verl needs identical keys across a batch.
+
+Default routes (`DEFAULT_SPEC`): grounding -> 0.9 IoU + 0.1 format, report ->
+0.9 BLEU + 0.1 format, VQA -> VQA accuracy. The small format term rewards the
+think/answer layout without outweighing the task; it is a constant offset for a
+policy never asked to think, which GRPO's group baseline removes.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import importlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import yaml
+
+RewardFn = Callable[..., dict]
+
+
+@dataclass(frozen=True)
+class RewardEntry:
+    """A named reward: its per-sample function, its keys, and optional batch/async variants."""
+
+    name: str
+    fn: RewardFn
+    keys: tuple[str, ...]
+    batch_fn: Callable[..., list] | None = None
+    async_fn: Callable[..., Any] | None = None
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    weight: float
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Route:
+    pattern: str
+    terms: tuple[Term, ...]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed spec: ordered routes, per-reward kwargs, and the union of returned keys."""
+
+    routes: tuple[Route, ...]
+    kwargs: dict
+    keys: tuple[str, ...]
+
+
+class UnknownDataSourceError(ValueError):
+    """A row's data_source has no route in the reward spec."""
+
+
+BUILTIN_REWARDS = {
+    "iou": "medrl.rewards.iou",
+    "bleu": "medrl.rewards.bleu",
+    "format": "medrl.rewards.format",
+    "vqa": "medrl.rewards.vqa",
+    "enhanced": "medrl.rewards.enhanced",
+    "judge": "medrl.rewards.judge",
+}
+_REGISTRY: dict[str, RewardEntry] = {}
+
+DEFAULT_SPEC: dict = {
+    "routes": {
+        "medrl/grounding": {"iou": 0.9, "format": 0.1},
+        "medrl/change_grounding": {"iou": 0.9, "format": 0.1},
+        "medrl/report": {"bleu": 0.9, "format": 0.1},
+        "medrl/change_caption": {"bleu": 0.9, "format": 0.1},
+        "medrl/vqa": {"vqa": 1.0},
+    },
+    "kwargs": {},
+}
+
+
+def register_reward(name: str, fn: RewardFn, keys: Sequence[str], batch_fn: Callable | None = None,
+                    async_fn: Callable | None = None) -> None:
+    """Register a reward under `name` so that specs can use it (keys must start with "score")."""
+    keys = tuple(keys)
+    if not keys or keys[0] != "score":
+        raise ValueError(f"reward {name!r}: keys must start with 'score', got {keys}")
+    _REGISTRY[name] = RewardEntry(name, fn, keys, batch_fn, async_fn)
+
+
+def reward_names() -> list[str]:
+    """Names usable in a spec: the built-in rewards and the registered ones."""
+    return sorted(set(BUILTIN_REWARDS) | set(_REGISTRY))
+
+
+def get_reward(name: str) -> RewardEntry:
+    """The registered reward `name` (built-ins are imported on first use)."""
+    if name not in _REGISTRY:
+        if name not in BUILTIN_REWARDS:
+            raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(reward_names())}")
+        mod = importlib.import_module(BUILTIN_REWARDS[name])
+        register_reward(name, mod.compute_score, mod.KEYS, getattr(mod, "compute_score_batch", None),
+                        getattr(mod, "compute_score_async", None))
+    return _REGISTRY[name]
+
+
+def _parse_terms(pattern: str, value: Any) -> tuple[Term, ...]:
+    where = f"route {pattern!r}"
+    if isinstance(value, str):
+        value = {value: 1.0}
+    if isinstance(value, list):
+        items = []
+        for item in value:
+            if not isinstance(item, dict) or "name" not in item:
+                raise ValueError(f"{where}: list items need a 'name' (and 'weight'), got {item!r}")
+            rest = {k: v for k, v in item.items() if k not in ("name", "weight")}
+            items.append((item["name"], {"weight": item.get("weight", 1.0), **rest}))
+    elif isinstance(value, dict):
+        items = list(value.items())
+    else:
+        raise ValueError(f"{where}: expected a mapping of reward name to weight, got {type(value).__name__}")
+    terms = []
+    for name, w in items:
+        kwargs: dict = {}
+        if isinstance(w, dict):
+            kwargs = {k: v for k, v in w.items() if k != "weight"}
+            w = w.get("weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"{where}: weight of {name!r} must be a finite number >= 0, got {w!r}")
+        get_reward(str(name))  # fails early, naming the known rewards
+        terms.append(Term(str(name), float(w), kwargs))
+    if not terms:
+        raise ValueError(f"{where}: no rewards")
+    return tuple(terms)
+
+
+def parse_spec(raw: dict) -> Spec:
+    """Validate a spec mapping (with or without the `routes` level) into a Spec."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"reward spec must be a mapping, got {type(raw).__name__}")
+    routes_raw = raw["routes"] if "routes" in raw else {k: v for k, v in raw.items() if k != "kwargs"}
+    if not isinstance(routes_raw, dict) or not routes_raw:
+        raise ValueError("reward spec has no routes (expected routes: {data_source: {reward: weight}})")
+    kwargs = raw.get("kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(v, dict) for v in kwargs.values()):
+        raise ValueError("reward spec 'kwargs' must map reward names to mappings of keyword arguments")
+    routes = tuple(Route(str(p), _parse_terms(str(p), v)) for p, v in routes_raw.items())
+    keys = ["score"]
+    for route in routes:
+        for term in route.terms:
+            if term.name not in keys:
+                keys.append(term.name)
+                keys.extend(f"{term.name}/{k}" for k in get_reward(term.name).keys[1:])
+    return Spec(routes, {str(k): dict(v) for k, v in kwargs.items()}, tuple(keys))
+
+
+_SPEC_CACHE: dict[Any, Spec] = {}
+
+
+def load_spec(spec: Any = None) -> Spec:
+    """A Spec from None (defaults), a Spec, a dict, a JSON string, a YAML path, or a reward name."""
+    if spec is None or spec == "":
+        spec = DEFAULT_SPEC
+    if isinstance(spec, Spec):
+        return spec
+    if hasattr(spec, "items") and not isinstance(spec, dict):  # OmegaConf DictConfig from Hydra
+        spec = json.loads(json.dumps(_plain(spec)))
+    if isinstance(spec, dict):
+        key: Any = ("dict", json.dumps(spec, sort_keys=True, default=str))
+        if key not in _SPEC_CACHE:
+            _SPEC_CACHE[key] = parse_spec(copy.deepcopy(spec))
+        return _SPEC_CACHE[key]
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ValueError(f"reward spec must be a path, JSON/YAML text, dict or reward name, got {type(spec).__name__}")
+    text = os.fspath(spec).strip()
+    if os.path.isfile(text):
+        key = ("file", os.path.abspath(text), os.path.getmtime(text))
+        if key not in _SPEC_CACHE:
+            with open(text, encoding="utf-8") as fh:
+                try:
+                    raw = yaml.safe_load(fh)
+                except yaml.YAMLError as exc:
+                    raise ValueError(f"reward spec {text}: not valid YAML: {exc}") from exc
+            try:
+                _SPEC_CACHE[key] = parse_spec(raw)
+            except ValueError as exc:
+                raise ValueError(f"reward spec {text}: {exc}") from exc
+        return _SPEC_CACHE[key]
+    if text in BUILTIN_REWARDS or text in _REGISTRY:
+        return load_spec({"routes": {"*": {text: 1.0}}})
+    if text.startswith("{"):
+        try:
+            return load_spec(json.loads(text))
+        except json.JSONDecodeError:
+            return load_spec(yaml.safe_load(text))
+    raise ValueError(f"reward spec {text!r} is not a file, a JSON/YAML mapping, or a reward name "
+                     f"({', '.join(reward_names())})")
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ListConfig":
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def find_route(data_source: str, spec: Any = None) -> Route | None:
+    """The route for `data_source`: the exact key, else the first matching pattern, else None."""
+    s = load_spec(spec)
+    ds = str(data_source)
+    for route in s.routes:
+        if route.pattern == ds:
+            return route
+    for route in s.routes:
+        if fnmatch.fnmatchcase(ds, route.pattern):
+            return route
+    return None
+
+
+def route_for(data_source: str, spec: Any = None) -> Route:
+    """Like `find_route`, but raises UnknownDataSourceError naming the routes that exist."""
+    route = find_route(data_source, spec)
+    if route is None:
+        names = route_names(spec)
+        raise UnknownDataSourceError(
+            f"no reward route for data_source {str(data_source)!r}; routes in the spec: {names}. "
+            f"Add one (routes: {{{str(data_source)!r}: {{iou: 1.0}}}}) or give the rows a routed data_source.")
+    return route
+
+
+def has_route(data_source: str, spec: Any = None) -> bool:
+    """Whether the spec routes `data_source` to a reward."""
+    return find_route(data_source, spec) is not None
+
+
+def route_names(spec: Any = None) -> list[str]:
+    """The route keys (data sources or patterns) of a spec, in order."""
+    return [r.pattern for r in load_spec(spec).routes]
+
+
+def _term_kwargs(s: Spec, term: Term, kwargs: dict) -> dict:
+    return {**kwargs, **s.kwargs.get(term.name, {}), **term.kwargs}
+
+
+def _assemble(s: Spec, route: Route, parts: dict[str, dict]) -> dict:
+    out = dict.fromkeys(s.keys, 0.0)
+    total = 0.0
+    for term in route.terms:
+        res = parts[term.name]
+        value = float(res.get("score", 0.0))
+        total += term.weight * value
+        out[term.name] = value
+        for k in get_reward(term.name).keys[1:]:
+            out[f"{term.name}/{k}"] = float(res.get(k, 0.0))
+    out["score"] = total
+    return out
+
+
+def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
+                  spec: Any = None, **kwargs: Any) -> dict:
+    """Weighted sum of the rewards routed to by `data_source` (see the module rule)."""
+    s = load_spec(spec)
+    route = route_for(data_source, s)
+    parts = {t.name: get_reward(t.name).fn(data_source, solution_str, ground_truth, extra_info,
+                                           **_term_kwargs(s, t, kwargs)) for t in route.terms}
+    return _assemble(s, route, parts)
+
+
+async def compute_score_async(data_source: str, solution_str: str, ground_truth: Any,
+                              extra_info: dict | None = None, spec: Any = None, **kwargs: Any) -> dict:
+    """Async `compute_score`: rewards with an async variant (the judge) are awaited, the rest run inline."""
+    s = load_spec(spec)
+    route = route_for(data_source, s)
+    parts = {}
+    for t in route.terms:
+        entry = get_reward(t.name)
+        kw = _term_kwargs(s, t, kwargs)
+        if entry.async_fn is not None:
+            parts[t.name] = await entry.async_fn(data_source, solution_str, ground_truth, extra_info, **kw)
+        else:
+            parts[t.name] = entry.fn(data_source, solution_str, ground_truth, extra_info, **kw)
+    return _assemble(s, route, parts)
+
+
+def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
+                        extra_infos: Sequence[dict | None] | None = None, spec: Any = None, **kwargs: Any) -> list[dict]:
+    """Batch variant for verl's batch reward manager; rewards with a batch variant get all their rows at once."""
+    s = load_spec(spec)
+    n = len(solution_strs)
+    infos = list(extra_infos) if extra_infos is not None else [None] * n
+    routes = [route_for(ds, s) for ds in data_sources]
+    parts: list[dict[str, dict]] = [{} for _ in range(n)]
+    # Group rows by (reward, per-term kwargs) so each group is one batch call.
+    groups: dict[tuple[str, str], tuple[Term, list[int]]] = {}
+    for i, route in enumerate(routes):
+        for t in route.terms:
+            key = (t.name, json.dumps(t.kwargs, sort_keys=True, default=str))
+            groups.setdefault(key, (t, []))[1].append(i)
+    for (name, _), (term, rows) in groups.items():
+        entry = get_reward(name)
+        kw = _term_kwargs(s, term, kwargs)
+        if entry.batch_fn is not None:
+            results = entry.batch_fn([data_sources[i] for i in rows], [solution_strs[i] for i in rows],
+                                     [ground_truths[i] for i in rows], [infos[i] for i in rows], **kw)
+        else:
+            results = [entry.fn(data_sources[i], solution_strs[i], ground_truths[i], infos[i], **kw) for i in rows]
+        for i, res in zip(rows, results):
+            parts[i][name] = res
+    return [_assemble(s, routes[i], parts[i]) for i in range(n)]

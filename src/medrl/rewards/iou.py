@@ -1,0 +1,119 @@
+"""IoU reward for abnormality grounding: one-to-one matched boxes, misses and false boxes both cost.
+
+score = sum of IoUs of the Hungarian-matched (predicted, true) pairs / max(#true, #predicted).
+Empty truth ("no finding"): an answer with no box that states no finding scores
+`no_finding_score` (0.8, as in the seed); any box, or silence, scores 0.
+Non-empty truth and no box: 0. Range [0, 1].
+
+Predicted boxes are read from the answer section (`medrl.rewards.answer`) and
+converted to [0, 1] with `box_convention` (norm1 | norm1000 | abs | abs_resized | auto)
+and the original image size in `extra_info` (`width`, `height`, optional
+`min_pixels`/`max_pixels`). Ground-truth boxes are stored in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any, Sequence
+
+from medrl.boxes import CONVENTIONS, Box, BoxError, coerce_boxes, match_boxes, parse_boxes, to_norm1
+from medrl.rewards.answer import answer_section, states_no_finding
+
+KEYS = ("score", "iou", "n_pred", "n_true", "n_matched", "parsed", "no_finding")
+NO_FINDING_SCORE = 0.8
+
+
+@lru_cache(maxsize=65536)
+def _truth_from_text(text: str) -> tuple[Box, ...]:
+    return tuple(coerce_boxes(text))
+
+
+def truth_boxes(ground_truth: Any) -> list[Box]:
+    """Ground-truth boxes in [0, 1] from a JSON string, list, dict or numpy array (cached for strings)."""
+    if isinstance(ground_truth, dict) and "ground_truth" in ground_truth:
+        ground_truth = ground_truth["ground_truth"]
+    if isinstance(ground_truth, str):
+        return list(_truth_from_text(ground_truth[:100_000]))
+    try:
+        return coerce_boxes(ground_truth)
+    except (TypeError, ValueError, AttributeError, RecursionError):
+        return []
+
+
+def image_geometry(extra_info: Any, kwargs: dict) -> tuple[float | None, float | None, int | None, int | None]:
+    """(width, height, min_pixels, max_pixels) from extra_info, then reward kwargs."""
+    info = extra_info if isinstance(extra_info, dict) else {}
+
+    def pick(key: str) -> Any:
+        value = info.get(key, kwargs.get(key))
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return None
+        return value if math.isfinite(value) and value > 0 else None
+
+    min_px, max_px = pick("min_pixels"), pick("max_pixels")
+    return pick("width"), pick("height"), int(min_px) if min_px else None, int(max_px) if max_px else None
+
+
+def predicted_boxes(answer: str, convention: str = "auto", width: float | None = None, height: float | None = None,
+                    min_pixels: int | None = None, max_pixels: int | None = None) -> tuple[list[Box], int]:
+    """Boxes of an answer in [0, 1], and how many parsed boxes could not be placed (missing image size)."""
+    boxes, unplaced = [], 0
+    for raw in parse_boxes(answer):
+        try:
+            boxes.append(to_norm1(raw, convention, width, height, min_pixels, max_pixels))
+        except BoxError:
+            unplaced += 1
+    return boxes, unplaced
+
+
+def matched_iou(pred: Sequence[Box], true: Sequence[Box], n_pred: int | None = None) -> tuple[float, int]:
+    """(sum of matched IoUs / max(#true, #pred), number of matched pairs); 0 when both are empty.
+
+    `n_pred` overrides the predicted count (boxes that were drawn but could not be placed).
+    """
+    denom = max(len(pred) if n_pred is None else n_pred, len(true))
+    if denom == 0:
+        return 0.0, 0
+    pairs = match_boxes(pred, true)
+    value = sum(v for _, _, v in pairs) / denom
+    if not math.isfinite(value):
+        return 0.0, 0
+    return min(1.0, max(0.0, value)), len(pairs)
+
+
+def score_answer(answer: str, true: Sequence[Box], convention: str = "auto", width: float | None = None,
+                 height: float | None = None, min_pixels: int | None = None, max_pixels: int | None = None,
+                 no_finding_score: float = NO_FINDING_SCORE) -> tuple[dict, list[Box]]:
+    """The IoU result (keys `KEYS`) of an answer section, and its predicted boxes in [0, 1]."""
+    pred, unplaced = predicted_boxes(answer, convention, width, height, min_pixels, max_pixels)
+    n_pred = len(pred) + unplaced  # a box we cannot place is still a box the model drew
+    value, n_matched = matched_iou(pred, true, n_pred)
+    no_finding = n_pred == 0 and states_no_finding(answer)
+    if not true:
+        score = min(1.0, max(0.0, float(no_finding_score))) if no_finding else 0.0
+    else:
+        score = value
+    result = {
+        "score": score,
+        "iou": value,
+        "n_pred": float(n_pred),
+        "n_true": float(len(true)),
+        "n_matched": float(n_matched),
+        "parsed": 1.0 if (n_pred or no_finding) else 0.0,
+        "no_finding": 1.0 if no_finding else 0.0,
+    }
+    return result, pred
+
+
+def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
+                  box_convention: str = "auto", no_finding_score: float = NO_FINDING_SCORE, **kwargs: Any) -> dict:
+    """Grounding reward in [0, 1] with keys `KEYS` (see the module rule)."""
+    if box_convention not in CONVENTIONS:
+        raise ValueError(f"iou reward: unknown box_convention {box_convention!r}; expected one of {CONVENTIONS}")
+    answer, _ = answer_section(solution_str)
+    width, height, min_px, max_px = image_geometry(extra_info, kwargs)
+    return score_answer(answer, truth_boxes(ground_truth), box_convention, width, height, min_px, max_px,
+                        no_finding_score)[0]
