@@ -1,0 +1,33 @@
+"""The environment medrl sets for a verl run, so that nothing is required in the user's shell.
+
+Child processes inherit it: Ray workers (the local Ray cluster is started by the driver) and
+torchrun ranks both see these variables, and `import verl` then imports medrl's CPU backend.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+BACKEND_MODULE = "medrl.training.cpu_backend"
+
+
+def run_env(device: str = "cpu", base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return a copy of `base` (default: os.environ) with the variables a medrl run needs."""
+    env = dict(os.environ if base is None else base)
+    modules = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+    if BACKEND_MODULE not in modules:
+        modules.append(BACKEND_MODULE)  # registers the "hf" rollout on GPU hosts too
+    env["VERL_USE_EXTERNAL_MODULES"] = ",".join(modules)
+    env.setdefault("WANDB_MODE", "disabled")  # no account, no network on the rehearsal machine
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")  # models are local folders; never reach for the hub
+    env.setdefault("PYTHONUNBUFFERED", "1")  # progress lines reach the run log as they happen
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+    env.setdefault("HYDRA_FULL_ERROR", "1")
+    if device == "cpu":
+        env["VERL_PLATFORM"] = "cpu"
+        # Several worker processes share a small CPU: one thread each avoids oversubscription.
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("MKL_NUM_THREADS", "1")
+    return env
