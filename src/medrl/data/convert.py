@@ -1,0 +1,291 @@
+"""The conversion pipeline: read -> filter -> select -> build rows -> length filter -> split -> write.
+
+Memory stays flat in the input size: records stream from the readers, a bounded
+number of chunks is in flight in the worker processes, and rows leave in row groups.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import heapq
+import random
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from medrl.atomic import write_json
+from medrl.data import rejects
+from medrl.data.length import LengthOptions, check_length
+from medrl.data.readers import SourceRecord, read_records
+from medrl.data.records import RecordOptions, build_rows, record_dataset, record_id
+from medrl.data.rejects import Reject, RejectError, RejectLog
+from medrl.data.writer import RowGroupWriter, rl_schema, sft_schema
+
+CHUNK = 64  # records per task sent to a worker process
+
+
+@dataclass
+class ConvertOptions:
+    """One conversion run."""
+
+    inputs: list[str]
+    output_dir: str
+    record: RecordOptions = field(default_factory=RecordOptions)
+    length: LengthOptions = field(default_factory=LengthOptions)
+    input_format: str = "auto"
+    dataset_filter: list[str] | None = None
+    limit: int | None = None
+    shuffle: bool = False
+    seed: int = 42
+    shuffle_buffer: int = 256
+    val_fraction: float = 0.0
+    split_name: str | None = None  # write everything to <split_name>.parquet instead of train/val
+    row_group_size: int = 512
+    workers: int = 1
+    strict: bool = False
+    progress: bool = True
+
+
+class StrictFailure(Exception):
+    """--strict and at least one record was rejected: outputs are discarded."""
+
+
+def val_score(rid: str) -> float:
+    """A stable number in [0, 1) from a record id: the train/val split depends on nothing else."""
+    return int.from_bytes(hashlib.blake2b(rid.encode("utf-8"), digest_size=8).digest(), "big") / 2.0**64
+
+
+def _shuffle_key(seed: int, source: str, position: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{source}:{position}".encode(), digest_size=8).digest(), "big")
+
+
+def _stream(opts: ConvertOptions) -> Iterator[SourceRecord | Reject]:
+    for path in opts.inputs:
+        yield from read_records(path, opts.input_format)
+
+
+def _passes_filter(item: SourceRecord, opts: ConvertOptions) -> bool:
+    if not opts.dataset_filter:
+        return True
+    if not isinstance(item.data, dict):
+        return True  # let the record builder reject it with its reason
+    return record_dataset(item.data, opts.record.dataset_key) in opts.dataset_filter
+
+
+def _pick_sample(opts: ConvertOptions) -> set[tuple[str, int]]:
+    """First pass for --shuffle --limit N: the N records with the smallest seeded hash (O(N) memory)."""
+    heap: list[tuple[int, str, int]] = []  # max-heap via negated keys
+    for item in _stream(opts):
+        if isinstance(item, Reject) or not _passes_filter(item, opts):
+            continue
+        key = -_shuffle_key(opts.seed, item.source, item.position)
+        if len(heap) < opts.limit:
+            heapq.heappush(heap, (key, item.source, item.position))
+        elif key > heap[0][0]:
+            heapq.heapreplace(heap, (key, item.source, item.position))
+    return {(s, p) for _, s, p in heap}
+
+
+def process_chunk(chunk: list[tuple], record_opts: RecordOptions, length_opts: LengthOptions) -> list[tuple]:
+    """Worker: build and length-check the rows of a few records; never raises for bad records."""
+    out = []
+    for data, source, position in chunk:
+        rid = record_id(data, source, position) if isinstance(data, dict) else None
+        try:
+            res = build_rows(data, source, position, record_opts)
+        except RejectError as exc:
+            out.append(("reject", Reject(exc.reason, exc.detail, source, position, rid)))
+            continue
+        rows, bad = [], []
+        for row in res.rows:
+            try:
+                check_length(row, length_opts)
+                rows.append(row)
+            except RejectError as exc:
+                turn = row["extra_info"]["turn"]
+                bad.append(Reject(exc.reason, f"turn {turn}: {exc.detail}", source, position, rid))
+        sft_rows = res.sft_rows if not bad else []  # the SFT row holds every turn, long ones too
+        out.append(("ok", rid, rows, sft_rows, res.dropped, bad))
+    return out
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for it in items:
+        chunk.append(it)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _run_chunks(chunks: Iterator[list], opts: ConvertOptions) -> Iterator[list[tuple]]:
+    """Process chunks in order, in worker processes with a bounded window (memory stays flat)."""
+    if opts.workers <= 1:
+        for chunk in chunks:
+            yield process_chunk(chunk, opts.record, opts.length)
+        return
+    with cf.ProcessPoolExecutor(max_workers=opts.workers) as pool:
+        window: deque = deque()
+        for chunk in chunks:
+            window.append(pool.submit(process_chunk, chunk, opts.record, opts.length))
+            if len(window) >= 2 * opts.workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+class _ShuffleBuffer:
+    """Seeded bounded shuffle of the output order (verl reshuffles every epoch anyway)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.rng, self.items = max(1, size), random.Random(seed), []
+
+    def push(self, item) -> Iterator:
+        self.items.append(item)
+        if len(self.items) >= self.size:
+            i = self.rng.randrange(len(self.items))
+            self.items[i], self.items[-1] = self.items[-1], self.items[i]
+            yield self.items.pop()
+
+    def drain(self) -> Iterator:
+        self.rng.shuffle(self.items)
+        yield from self.items
+        self.items = []
+
+
+def output_names(opts: ConvertOptions) -> dict[str, str]:
+    """File name of each split's RL (and SFT) parquet."""
+    if opts.split_name:
+        return {opts.split_name: f"{opts.split_name}.parquet"}
+    names = {"train": "train.parquet"}
+    if opts.val_fraction > 0:
+        names["val"] = "val.parquet"
+    return names
+
+
+def convert(opts: ConvertOptions) -> dict:
+    """Run one conversion; returns the summary (also saved as JSON next to the outputs)."""
+    from tqdm import tqdm
+
+    if not 0.0 <= opts.val_fraction < 1.0:
+        raise ValueError(f"--val_fraction must be in [0, 1), got {opts.val_fraction}")
+    for path in opts.inputs:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"input file not found: {path}")
+    out_dir = Path(opts.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"{opts.split_name}_" if opts.split_name else ""
+    rejects_path = out_dir / f"{prefix}rejects.jsonl"
+    summary_path = out_dir / f"{prefix}summary.json"
+    names = output_names(opts)
+    image_mode = opts.record.images.mode
+
+    t0 = time.perf_counter()
+    sample = _pick_sample(opts) if (opts.shuffle and opts.limit) else None
+    counts: Counter = Counter()
+    dropped: Counter = Counter()
+    filtered: Counter = Counter()
+    failed = None
+
+    def accepted() -> Iterator[tuple]:
+        taken = 0
+        for item in _stream(opts):
+            counts["records_read"] += 1
+            bar.update(1)
+            if isinstance(item, Reject):
+                log.add(item)
+                continue
+            if not _passes_filter(item, opts):
+                filtered["dataset_filter"] += 1
+                continue
+            if sample is not None and (item.source, item.position) not in sample:
+                filtered["not in the seeded sample"] += 1
+                continue
+            if opts.limit and sample is None and taken >= opts.limit:
+                filtered["over --limit"] += 1
+                continue
+            taken += 1
+            yield (item.data, item.source, item.position)
+
+    writers: dict[str, RowGroupWriter] = {}
+    sft_writers: dict[str, RowGroupWriter] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context(RejectLog(rejects_path))
+            for split, name in names.items():
+                writers[split] = stack.enter_context(
+                    RowGroupWriter(out_dir / name, rl_schema(image_mode), opts.row_group_size))
+                if opts.record.sft:
+                    sft_writers[split] = stack.enter_context(
+                        RowGroupWriter(out_dir / f"sft_{name}", sft_schema(image_mode), opts.row_group_size))
+            bar = stack.enter_context(tqdm(desc=f"prepare {opts.record.task}", unit=" rec",
+                                           disable=not opts.progress, mininterval=1.0))
+            buffers = {s: _ShuffleBuffer(opts.shuffle_buffer if opts.shuffle else 1, opts.seed) for s in names}
+
+            next_index: Counter = Counter()
+
+            def emit(split: str, rows: Iterable[dict]) -> None:
+                for row in rows:
+                    row["extra_info"]["index"] = next_index[split]  # row number within its file
+                    next_index[split] += 1
+                    writers[split].write(row)
+
+            for results in _run_chunks(_chunks(accepted(), CHUNK), opts):
+                for res in results:
+                    if res[0] == "reject":
+                        log.add(res[1])
+                        continue
+                    _, rid, rows, sft_rows, rec_dropped, bad = res
+                    for b in bad:
+                        log.add(b)
+                    dropped.update(rec_dropped)
+                    counts["records_converted"] += 1
+                    split = opts.split_name or ("val" if val_score(rid) < opts.val_fraction else "train")
+                    for row in rows + sft_rows:
+                        row["extra_info"]["split"] = split
+                    emit(split, [r for grp in buffers[split].push(rows) for r in grp])
+                    for row in sft_rows:
+                        row["extra_info"]["index"] = next_index[f"sft_{split}"]
+                        next_index[f"sft_{split}"] += 1
+                        sft_writers[split].write(row)
+            for split, buf in buffers.items():
+                emit(split, [r for grp in buf.drain() for r in grp])
+            if opts.strict and log.total:
+                raise StrictFailure(f"--strict: {log.total} record(s) rejected; no parquet written")
+    except StrictFailure as exc:
+        failed = str(exc)
+
+    seconds = time.perf_counter() - t0
+    summary = {
+        "task": opts.record.task,
+        "inputs": [str(p) for p in opts.inputs],
+        "output_dir": str(out_dir),
+        "records_read": counts["records_read"],
+        "records_converted": counts["records_converted"],
+        "records_filtered": dict(filtered),
+        "rows_written": {s: w.rows_written for s, w in writers.items()} if not failed else {},
+        "sft_rows_written": {s: w.rows_written for s, w in sft_writers.items()} if not failed else {},
+        "rejected": log.total,
+        "rejects_by_reason": dict(log.counts.most_common()),
+        "turns_dropped": dict(dropped),
+        "seconds": round(seconds, 3),
+        "records_per_s": round(counts["records_read"] / seconds, 1) if seconds > 0 else None,
+        "outputs": {s: str(out_dir / n) for s, n in names.items()} if not failed else {},
+        "sft_outputs": {s: str(out_dir / f"sft_{n}") for s, n in names.items()} if sft_writers and not failed else {},
+        "rejects_file": str(rejects_path),
+        "strict_failure": failed,
+        "options": _options_dict(opts),
+    }
+    write_json(summary_path, summary)
+    summary["summary_file"] = str(summary_path)
+    return summary
+
+
+def _options_dict(opts: ConvertOptions) -> dict:
+    return asdict(opts)

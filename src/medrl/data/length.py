@@ -1,0 +1,79 @@
+"""Prompt length: a cheap character cut-off, or exact token counts with the model's own processor.
+
+The exact count follows verl's own `RLHFDataset` length filter step by step (its
+`_build_messages` and `_process_multi_modal_info`, the processor's chat template,
+then the processor on text + images), so image tokens are counted the way the
+rollout will see them.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from medrl.data import rejects
+from medrl.data.rejects import RejectError
+
+
+@functools.lru_cache(maxsize=4)
+def load_processor(path: str):
+    """AutoProcessor of a local model folder (cached per process)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path, local_files_only=True)
+
+
+def prompt_chars(row: dict) -> int:
+    """Characters of a row's prompt messages."""
+    return sum(len(m["content"]) for m in row["prompt"])
+
+
+def count_prompt_tokens(row: dict, processor, prompt_key: str = "prompt", image_key: str = "images") -> int:
+    """Exact prompt length in tokens (image tokens included), computed as verl's RLHFDataset does."""
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from verl.utils.tokenizer import build_multimodal_processor_inputs
+
+    example = {prompt_key: copy.deepcopy(list(row[prompt_key])), image_key: [dict(i) for i in row.get(image_key) or []]}
+    shim = SimpleNamespace(image_key=image_key, video_key="videos", audio_key="audios", processor=processor)
+    messages = RLHFDataset._build_messages(shim, example, key=prompt_key)
+    raw = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    patch = getattr(getattr(processor, "image_processor", None), "patch_size", 14)
+    images, videos, audios = RLHFDataset._process_multi_modal_info(messages, patch, {})
+    if images is None and videos is None and audios is None:
+        ids = processor.tokenizer(text=raw, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        return len(ids)
+    inputs = build_multimodal_processor_inputs(processor, text=[raw], images=images, videos=videos, audio=audios)
+    return int(inputs["input_ids"][0].shape[0])
+
+
+@dataclass(frozen=True)
+class LengthOptions:
+    """Prompt-length filter settings (all off by default)."""
+
+    max_prompt_chars: int | None = None
+    processor: str | None = None
+    max_prompt_tokens: int | None = None
+
+    @property
+    def active(self) -> bool:
+        """True when any length check is configured."""
+        return bool(self.max_prompt_chars) or bool(self.processor and self.max_prompt_tokens)
+
+
+def check_length(row: dict, opts: LengthOptions) -> int | None:
+    """Raise RejectError when the row's prompt is over a limit; return the token count if computed."""
+    if opts.max_prompt_chars:
+        n = prompt_chars(row)
+        if n > opts.max_prompt_chars:
+            raise RejectError(rejects.PROMPT_TOO_LONG_CHARS, f"{n} chars > {opts.max_prompt_chars}")
+    if opts.processor and opts.max_prompt_tokens:
+        try:
+            n = count_prompt_tokens(row, load_processor(opts.processor))
+        except (ValueError, TypeError, AssertionError, OSError, RuntimeError) as exc:
+            raise RejectError(rejects.LENGTH_ERROR, f"{type(exc).__name__}: {exc}") from exc
+        if n > opts.max_prompt_tokens:
+            raise RejectError(rejects.PROMPT_TOO_LONG_TOKENS, f"{n} tokens > {opts.max_prompt_tokens}")
+        return n
+    return None

@@ -1,0 +1,314 @@
+"""One LLaVA record -> verl RL rows (and SFT rows) for the grounding, report and vqa tasks.
+
+Multi-turn policy (`turns`):
+- ``expand`` (default): one row per gpt turn; the turns before it are the prompt's context.
+  Nothing is lost and no row sees its own answer.
+- ``last``: one row for the last gpt turn, with every earlier turn as context.
+- ``first``: one row for the first gpt turn; the later turns are dropped and counted
+  in the summary under ``turns_dropped``.
+A trailing human turn with no answer is counted in ``turns_dropped`` too.
+
+When `instruction` is on, every user turn that has an answer gets a short instruction
+to answer as ``<think>...</think><answer>...</answer>``; context answers and SFT
+targets are written in that same form, so SFT teaches the format that RL rewards.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medrl.boxes import BoxError, find_box_candidates, format_boxes, parse_truth_boxes
+from medrl.data import rejects
+from medrl.data.images import ImageInfo, ImageOptions, load_image
+from medrl.data.rejects import RejectError
+
+TASKS = ("grounding", "report", "vqa")
+TURN_POLICIES = ("expand", "last", "first")
+DEFAULT_DATA_SOURCE = {task: f"medrl/{task}" for task in TASKS}
+IMAGE_TOKEN = "<image>"
+
+INSTRUCTIONS = {
+    "grounding": (
+        "First think step by step inside <think> </think>, then give your final answer inside "
+        "<answer> </answer>: the bounding box of each finding as [x1, y1, x2, y2] with coordinates "
+        "in [0, 1], or 'No finding' if there is none."
+    ),
+    "report": (
+        "First think step by step inside <think> </think>, then write the report inside <answer> </answer>."
+    ),
+    "vqa": "First think step by step inside <think> </think>, then give a short answer inside <answer> </answer>.",
+}
+SFT_THINK = {
+    "grounding": "I look over both lung fields and the mediastinum for focal abnormalities.",
+    "report": "I review the lungs, pleura, heart and mediastinum in turn.",
+    "vqa": "I look at the region the question is about.",
+}
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+         "model": "assistant", "system": "system"}
+DATASET_KEYS = ("dataset", "dataset_name", "source", "data_source")
+SIZE_KEYS = (("width", "height"), ("image_width", "image_height"), ("img_width", "img_height"))
+
+# Answers that state there is nothing to box (RadVLM's no-finding phrasing and kin).
+_NO_FINDING_RE = re.compile(
+    r"\bno\s+(?:\w+\s+){0,2}(?:abnormalit|lesion|finding|acute|significant|evidence)|"
+    r"\bnot\s+(?:detected|seen|present|identified|visible)|\bunremarkable\b|\bnormal\s+(?:chest|study|x-?ray)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """Everything that decides how a record becomes rows."""
+
+    task: str = "grounding"
+    turns: str = "expand"
+    instruction: bool = True
+    data_source: str | None = None
+    dataset_key: str | None = None  # None: the first of DATASET_KEYS present
+    vqa_max_words: int = 10  # 0 disables the check
+    sft: bool = False
+    sft_think: str | None = None
+    images: ImageOptions = field(default_factory=ImageOptions)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        if self.turns not in TURN_POLICIES:
+            raise ValueError(f"unknown turn policy {self.turns!r}; expected one of {TURN_POLICIES}")
+
+
+@dataclass
+class RecordResult:
+    """The rows one record produced and the turns it left out (counted, never silent)."""
+
+    rows: list[dict]
+    sft_rows: list[dict]
+    dropped: Counter
+
+
+def record_id(data: dict, source: str, position: int) -> str:
+    """The record's own id, or `<file>:<position>` when it has none."""
+    rid = data.get("id")
+    if rid is None or rid == "":
+        return f"{Path(source).name}:{position}"
+    return str(rid)
+
+
+def record_dataset(data: dict, key: str | None = None) -> str:
+    """The record's dataset tag ("" when it has none)."""
+    keys = (key,) if key else DATASET_KEYS
+    for k in keys:
+        v = data.get(k)
+        if isinstance(v, str) and v:
+            return v
+    return ""
+
+
+def record_size(data: dict) -> tuple[int | None, int | None]:
+    """Image width/height written in the record itself, if any."""
+    for wk, hk in SIZE_KEYS:
+        w, h = data.get(wk), data.get(hk)
+        if isinstance(w, (int, float)) and isinstance(h, (int, float)) and w > 0 and h > 0:
+            return int(w), int(h)
+    return None, None
+
+
+def parse_conversation(data: Any) -> list[dict]:
+    """Validated chat messages [{role, content}] from a LLaVA record's `conversations`."""
+    if not isinstance(data, dict):
+        raise RejectError(rejects.NOT_AN_OBJECT, type(data).__name__)
+    conv = data.get("conversations", data.get("messages"))
+    if isinstance(conv, str):  # parquet exports sometimes store it as a JSON string
+        import json
+
+        try:
+            conv = json.loads(conv)
+        except ValueError as exc:
+            raise RejectError(rejects.MALFORMED_CONVERSATION, f"conversations string is not JSON: {exc}") from exc
+    if conv is None or (hasattr(conv, "__len__") and len(conv) == 0):
+        raise RejectError(rejects.NO_CONVERSATIONS)
+    if not isinstance(conv, (list, tuple)):
+        raise RejectError(rejects.MALFORMED_CONVERSATION, f"conversations is {type(conv).__name__}, not a list")
+    messages = []
+    for k, turn in enumerate(conv):
+        if not isinstance(turn, dict):
+            raise RejectError(rejects.MALFORMED_CONVERSATION, f"turn {k} is not an object")
+        who = turn.get("from", turn.get("role"))
+        text = turn.get("value", turn.get("content"))
+        role = ROLES.get(str(who).lower()) if who is not None else None
+        if role is None:
+            raise RejectError(rejects.MALFORMED_CONVERSATION, f"turn {k} has unknown speaker {who!r}")
+        if not isinstance(text, str):
+            raise RejectError(rejects.MALFORMED_CONVERSATION, f"turn {k} has no text value")
+        messages.append({"role": role, "content": text})
+    expected = "user"
+    for k, m in enumerate(messages):
+        if m["role"] == "system":
+            if k != 0:
+                raise RejectError(rejects.MALFORMED_CONVERSATION, f"turn {k}: system message not first")
+            continue
+        if m["role"] != expected:
+            raise RejectError(rejects.MALFORMED_CONVERSATION, f"turn {k}: expected {expected}, got {m['role']}")
+        expected = "assistant" if expected == "user" else "user"
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RejectError(rejects.NO_ANSWER)
+    return messages
+
+
+def image_specs(data: dict) -> list:
+    """The record's image references (`images` list or a single `image`)."""
+    spec = data.get("images", data.get("image"))
+    if spec is None:
+        return []
+    if isinstance(spec, (list, tuple)):
+        return [s for s in spec if s is not None]
+    if hasattr(spec, "tolist") and not isinstance(spec, (bytes, str)):
+        return list(spec.tolist())
+    return [spec]
+
+
+def fit_placeholders(messages: list[dict], n_images: int) -> list[dict]:
+    """Make the `<image>` count equal the image count (adds them to the first user turn if none)."""
+    count = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
+    if count == n_images:
+        return messages
+    if count == 0:
+        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages = [dict(m) for m in messages]
+        messages[first_user]["content"] = IMAGE_TOKEN * n_images + "\n" + messages[first_user]["content"]
+        return messages
+    raise RejectError(rejects.PLACEHOLDER_MISMATCH, f"{count} <image> for {n_images} image(s)")
+
+
+def is_no_finding(text: str) -> bool:
+    """True when an answer says there is nothing to locate."""
+    return bool(_NO_FINDING_RE.search(text))
+
+
+def grounding_truth(answer: str, width: int | None, height: int | None) -> tuple[str, str]:
+    """(ground-truth JSON of [0,1] boxes, answer text with its boxes rewritten in [0,1])."""
+    try:
+        boxes = parse_truth_boxes(answer, width, height)
+    except BoxError as exc:
+        raise RejectError(str(exc), answer[:200]) from exc
+    if not boxes:
+        if not is_no_finding(answer):
+            raise RejectError(rejects.NOT_GROUNDING, answer[:200])
+        return "[]", answer.strip()
+    text = answer
+    cands = find_box_candidates(answer, limit=10_000)
+    for cand, box in sorted(zip(cands, boxes), key=lambda cb: -cb[0].start):
+        text = text[: cand.start] + "[" + ", ".join(f"{v:.2f}" for v in box) + "]" + text[cand.end:]
+    return format_boxes(boxes), text.strip()
+
+
+def answer_truth(task: str, answer: str, opts: RecordOptions) -> str:
+    """Reference text of a report / vqa answer."""
+    text = answer.strip()
+    if not text:
+        raise RejectError(rejects.EMPTY_ANSWER)
+    if task == "vqa" and opts.vqa_max_words and len(text.split()) > opts.vqa_max_words:
+        raise RejectError(rejects.VQA_TOO_LONG, f"{len(text.split())} words > {opts.vqa_max_words}: {text[:120]}")
+    return text
+
+
+def _formatted(task: str, answer: str, opts: RecordOptions) -> str:
+    if not opts.instruction:
+        return answer
+    think = opts.sft_think if opts.sft_think is not None else SFT_THINK[task]
+    return f"<think>{think}</think><answer>{answer}</answer>"
+
+
+def _with_instruction(task: str, question: str, opts: RecordOptions) -> str:
+    if not opts.instruction:
+        return question
+    return question.rstrip() + "\n" + INSTRUCTIONS[task]
+
+
+def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> RecordResult:
+    """Convert one LLaVA record into RL rows (+ SFT rows when `opts.sft`); raises RejectError."""
+    messages = parse_conversation(data)
+    rid = record_id(data, source, position)
+    specs = image_specs(data)
+    if not specs:
+        raise RejectError(rejects.NO_IMAGE, "record has no image or images field")
+    messages = fit_placeholders(messages, len(specs))
+    base_dir = str(Path(source).parent)
+    infos: list[ImageInfo] = [load_image(s, opts.images, base_dir) for s in specs]
+    rec_w, rec_h = record_size(data)
+    img_w, img_h = infos[0].width, infos[0].height
+    # Pixel boxes are relative to the size the record states, else to the image's own size.
+    box_w, box_h = (rec_w, rec_h) if rec_w else (img_w, img_h)
+
+    dropped: Counter = Counter()
+    if messages[-1]["role"] == "user":
+        dropped["trailing question without answer"] += 1
+        messages = messages[:-1]
+    answer_idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if opts.turns == "first":
+        if len(answer_idx) > 1:
+            dropped["later turn dropped by --turns first"] += len(answer_idx) - 1
+        messages = messages[: answer_idx[0] + 1]
+        answer_idx = answer_idx[:1]
+        kept = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
+        if kept != len(infos):
+            raise RejectError(rejects.PLACEHOLDER_MISMATCH, f"--turns first keeps {kept} <image> of {len(infos)}")
+
+    # Ground truth per answer; any bad answer rejects the whole record (reason counted).
+    truths, chat = [], []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            turn = answer_idx.index(i) + 1
+            try:
+                if opts.task == "grounding":
+                    truth, shown = grounding_truth(m["content"], box_w, box_h)
+                else:
+                    truth = shown = answer_truth(opts.task, m["content"], opts)
+            except RejectError as exc:
+                detail = f"turn {turn}: {exc.detail}" if len(answer_idx) > 1 else exc.detail
+                raise RejectError(exc.reason, detail) from None
+            truths.append(truth)
+            chat.append({"role": "assistant", "content": _formatted(opts.task, shown, opts)})
+        elif m["role"] == "user":
+            chat.append({"role": "user", "content": _with_instruction(opts.task, m["content"], opts)})
+        else:
+            chat.append(dict(m))
+
+    targets = answer_idx if opts.turns == "expand" else answer_idx[-1:]
+    payloads = [info.payload for info in infos]
+    dataset = record_dataset(data, opts.dataset_key)
+    base_info = {
+        "id": rid, "dataset": dataset, "width": img_w, "height": img_h, "position": position,
+        "source": Path(source).name, "image": infos[0].origin, "n_turns": len(answer_idx),
+    }
+    rows = []
+    for i in targets:
+        turn = answer_idx.index(i) + 1
+        prompt = chat[:i]
+        # Every image must sit in the prompt: a placeholder only in a later turn would be lost.
+        if sum(m["content"].count(IMAGE_TOKEN) for m in prompt) != len(payloads):
+            raise RejectError(rejects.PLACEHOLDER_MISMATCH, f"turn {turn}: <image> comes after the question")
+        rows.append({
+            "data_source": opts.data_source or DEFAULT_DATA_SOURCE[opts.task],
+            "prompt": prompt,
+            "images": payloads,
+            "ability": opts.task,
+            "reward_model": {"style": "rule", "ground_truth": truths[turn - 1]},
+            "extra_info": {**base_info, "turn": turn, "answer": messages[i]["content"],
+                           "question": messages[i - 1]["content"]},
+        })
+    sft_rows = []
+    if opts.sft:
+        sft_rows.append({
+            "messages": chat,
+            "images": payloads,
+            "data_source": opts.data_source or DEFAULT_DATA_SOURCE[opts.task],
+            "extra_info": {**base_info, "turn": len(answer_idx), "answer": messages[answer_idx[-1]]["content"],
+                           "question": messages[answer_idx[-1] - 1]["content"]},
+        })
+    return RecordResult(rows, sft_rows, dropped)

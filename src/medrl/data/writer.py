@@ -1,0 +1,118 @@
+"""Parquet output: explicit pyarrow schemas, rows buffered into row groups, files published atomically."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medrl.atomic import atomic_path
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+EMBEDDED_IMAGE = pa.struct([("bytes", pa.binary())])
+# No "bytes" field here: verl opens `image["bytes"]` whenever the key exists, even when null.
+IMAGE_REFERENCE = pa.struct([("image", pa.string()), ("min_pixels", pa.int64()), ("max_pixels", pa.int64())])
+REWARD_MODEL = pa.struct([("style", pa.string()), ("ground_truth", pa.string())])
+# Every row has every key: verl's reward loop wants the same extra_info keys in each sample.
+EXTRA_INFO = pa.struct([
+    ("index", pa.int64()),
+    ("id", pa.string()),
+    ("dataset", pa.string()),
+    ("split", pa.string()),
+    ("width", pa.int64()),
+    ("height", pa.int64()),
+    ("turn", pa.int64()),
+    ("n_turns", pa.int64()),
+    ("position", pa.int64()),
+    ("source", pa.string()),
+    ("image", pa.string()),
+    ("question", pa.string()),
+    ("answer", pa.string()),
+])
+
+
+def image_type(image_mode: str) -> pa.DataType:
+    """Struct type of one entry of `images` for the given image mode."""
+    return IMAGE_REFERENCE if image_mode == "ref" else EMBEDDED_IMAGE
+
+
+def rl_schema(image_mode: str = "embed") -> pa.Schema:
+    """Schema of verl's RL parquet (RLHFDataset)."""
+    return pa.schema([
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(MESSAGE)),
+        ("images", pa.list_(image_type(image_mode))),
+        ("ability", pa.string()),
+        ("reward_model", REWARD_MODEL),
+        ("extra_info", EXTRA_INFO),
+    ])
+
+
+def sft_schema(image_mode: str = "embed") -> pa.Schema:
+    """Schema of verl's multi-turn SFT parquet (MultiTurnSFTDataset: `messages` + `images`)."""
+    return pa.schema([
+        ("messages", pa.list_(MESSAGE)),
+        ("images", pa.list_(image_type(image_mode))),
+        ("data_source", pa.string()),
+        ("extra_info", EXTRA_INFO),
+    ])
+
+
+class RowGroupWriter:
+    """Append rows to a parquet file in row groups of `row_group_size`; publish it on clean exit."""
+
+    def __init__(self, path: str | Path, schema: pa.Schema, row_group_size: int = 1000,
+                 max_group_bytes: int = 64 << 20):
+        self.path = Path(path)
+        self.schema = schema
+        self.row_group_size = max(1, int(row_group_size))
+        # Embedded X-rays can be megabytes each: a byte budget keeps a row group (and memory) bounded.
+        self.max_group_bytes = max_group_bytes
+        self.rows_written = 0
+        self._buffer: list[dict] = []
+        self._buffer_bytes = 0
+        self._stack = contextlib.ExitStack()
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> "RowGroupWriter":
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        self._writer = pq.ParquetWriter(tmp, self.schema)
+        return self
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Buffer one row; a full buffer becomes one row group."""
+        self._buffer.append(row)
+        self._buffer_bytes += sum(len(i.get("bytes") or b"") for i in row.get("images") or ())
+        if len(self._buffer) >= self.row_group_size or self._buffer_bytes >= self.max_group_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one row group."""
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        self._writer.write_table(table, row_group_size=len(self._buffer))
+        self.rows_written += len(self._buffer)
+        self._buffer.clear()
+        self._buffer_bytes = 0
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            self._writer.close()
+            # atomic_path renames on success and deletes the temp file on error.
+            self._stack.__exit__(exc_type, exc, tb)
+        return False
+
+
+def write_rows(path: str | Path, rows: list[dict], schema: pa.Schema, row_group_size: int = 1000) -> int:
+    """Write a list of rows in one go (small outputs and tests)."""
+    with RowGroupWriter(path, schema, row_group_size) as w:
+        for row in rows:
+            w.write(row)
+    return w.rows_written
