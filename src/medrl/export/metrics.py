@@ -1,0 +1,134 @@
+"""Task metrics for evaluation reports: grounding IoU / accuracy / mAP@0.5, report BLEU-1..4 / ROUGE-L.
+
+mAP@0.5 follows RadVLM's evaluation: per sample, VOC-style average precision at
+IoU 0.5 (predictions in the order the model wrote them, each matched greedily to
+the best still-unmatched true box; all-point interpolated area under the
+precision-recall curve), then the mean over samples. A sample where either side
+has no box scores 0, so a correct "no finding" earns nothing unless
+`credit_no_finding` is set, which scores it 1 when the truth has no box and the
+answer draws none and states no finding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from medrl.boxes import Box, iou
+
+Boxes = Sequence[Sequence[float]]
+
+
+def average_precision(pred: Boxes, true: Boxes, threshold: float = 0.5) -> float:
+    """VOC all-point AP of ordered predictions against true boxes at an IoU threshold; 0 if either is empty."""
+    if not pred or not true:
+        return 0.0
+    used = [False] * len(true)
+    tp: list[int] = []
+    for p in pred:
+        best, best_j = 0.0, -1
+        for j, t in enumerate(true):
+            v = iou(p, t)
+            if not used[j] and v > best:
+                best, best_j = v, j
+        if best_j >= 0 and best >= threshold:
+            used[best_j] = True
+            tp.append(1)
+        else:
+            tp.append(0)
+    # Precision/recall after each prediction, then the area under the monotone precision envelope.
+    recalls, precisions, hits = [], [], 0
+    for k, t in enumerate(tp, start=1):
+        hits += t
+        recalls.append(hits / len(true))
+        precisions.append(hits / k)
+    mrec = [0.0] + recalls + [1.0]
+    mpre = [0.0] + precisions + [0.0]
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    return sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+
+
+def sample_ap(pred: Boxes, true: Boxes, no_finding: bool = False, credit_no_finding: bool = False,
+              threshold: float = 0.5) -> float:
+    """One sample's AP as RadVLM scores it, optionally crediting a correct no-finding answer with 1."""
+    if not true and not pred:
+        return 1.0 if (credit_no_finding and no_finding) else 0.0
+    return average_precision(pred, true, threshold)
+
+
+def mean_matched_iou(pred: Boxes, true: Boxes) -> float:
+    """Sum of one-to-one matched IoUs / max(#pred, #true): misses and extra boxes both count (0 if both empty)."""
+    from medrl.rewards.iou import matched_iou
+
+    return matched_iou(list(pred), list(true))[0]
+
+
+def grounding_metrics(pred: list[Box], true: list[Box], no_finding: bool, credit_no_finding: bool = False) -> dict:
+    """Per-sample grounding figures: iou (None when the truth has no box), acc@0.5, ap@0.5."""
+    if true:
+        value = mean_matched_iou(pred, true)
+        acc = 1.0 if value >= 0.5 else 0.0
+    else:
+        value = None  # IoU of a no-finding sample is undefined; it counts in acc and mAP only
+        acc = 1.0 if (not pred and no_finding) else 0.0
+    return {"iou": value, "acc@0.5": acc,
+            "ap@0.5": sample_ap(pred, true, no_finding, credit_no_finding)}
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token sequences (O(len(a) * len(b)), O(len(b)) memory)."""
+    if not a or not b:
+        return 0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b, start=1):
+            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(hyp: Sequence[str], ref: Sequence[str]) -> float:
+    """ROUGE-L F1 of token sequences: LCS-based precision and recall, harmonic mean."""
+    lcs = lcs_length(hyp, ref)
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(hyp), lcs / len(ref)
+    return 2 * p * r / (p + r)
+
+
+def bleu_scores(hyp: Sequence[str], ref: Sequence[str]) -> dict:
+    """Sentence BLEU-1..4 (nltk, uniform weights up to n, smoothing method 1)."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    smooth = SmoothingFunction().method1
+    out = {}
+    for n in range(1, 5):
+        if not hyp or not ref:
+            out[f"bleu{n}"] = 0.0
+            continue
+        out[f"bleu{n}"] = float(sentence_bleu([list(ref)], list(hyp), weights=tuple([1.0 / n] * n),
+                                              smoothing_function=smooth))
+    return out
+
+
+def report_metrics(answer: str, reference: str) -> dict:
+    """BLEU-1..4 and ROUGE-L of an answer against a reference report (tokens as the BLEU reward makes them)."""
+    from medrl.rewards.bleu import normalize_text
+
+    hyp, ref = normalize_text(answer), normalize_text(reference)
+    return {**bleu_scores(hyp, ref), "rouge_l": rouge_l(hyp, ref)}
+
+
+def summary_stats(values: Sequence[float | None]) -> dict:
+    """n, mean, std (population), median, min, max of the finite values (None when there are none)."""
+    vals = sorted(float(v) for v in values if v is not None and math.isfinite(float(v)))
+    n = len(vals)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "median": None, "min": None, "max": None}
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / n)
+    mid = n // 2
+    median = vals[mid] if n % 2 else (vals[mid - 1] + vals[mid]) / 2
+    return {"n": n, "mean": mean, "std": std, "median": median, "min": vals[0], "max": vals[-1]}
