@@ -161,6 +161,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         table.add_row(ds, f"{st['n']:.0f}", *(f"{st[k]:.4f}" for k in ("mean", "std", "min", "q25", "median", "q75",
                                                                           "max")))
     console = Console()
+    if not console.is_terminal:  # files and pipes: do not squeeze the table to 80 columns
+        console = Console(width=max(console.width, 130))
     console.print(table)
     hist = args.histogram or f"{args.input}.reward_hist.png"
     save_histogram(by_source, hist, f"{args.reward or 'default routes'}: {Path(args.input).name}")
