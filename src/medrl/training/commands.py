@@ -1,0 +1,96 @@
+"""`medrl tiny-model`, `medrl train`, `medrl pipeline` and `medrl demo`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+OVERRIDE_HELP = (
+    "key=value overrides: recipe keys (model, device, data.*, reward.*, resources.*) or verl keys "
+    "(e.g. trainer.total_training_steps=2, +actor_rollout_ref.model.override_config.x=y); "
+    "prefix a verl key with a stage name (sft.optim.lr=1e-4) to target that stage"
+)
+
+
+def _run_tiny_model(args: argparse.Namespace) -> int:
+    from medrl.training.tiny_model import build_tiny_model
+
+    path = build_tiny_model(args.out)
+    print(f"tiny Qwen2.5-VL written to {path}")
+    return 0
+
+
+def _load(args: argparse.Namespace, stage: str | None = None):
+    from medrl.training.recipes import apply_overrides, load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.overrides:
+        recipe = apply_overrides(recipe, args.overrides, stage)
+    return recipe
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from medrl.training.pipeline import run_pipeline
+    from medrl.training.recipes import RecipeError
+
+    try:
+        recipe = _load(args, args.stage)
+        stage = recipe.stage(args.stage)
+        out = Path(args.out or Path("runs") / recipe.name)
+        if stage.init_from and not args.dry_run and not (out / stage.init_from / "merged").is_dir():
+            print(f"stage {stage.name!r} starts from stage {stage.init_from!r}: run `medrl pipeline` "
+                  f"or `medrl train {args.recipe} --stage {stage.init_from}` first", file=sys.stderr)
+            return 2
+        run_pipeline(recipe, out, stages=[stage.name], dry_run=args.dry_run)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from medrl.training.pipeline import run_pipeline
+    from medrl.training.recipes import RecipeError
+    from medrl.training.summary import write_summary
+
+    try:
+        recipe = _load(args)
+        out = Path(args.out or Path("runs") / recipe.name)
+        manifest = run_pipeline(recipe, out, dry_run=args.dry_run)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.dry_run:
+        summary = write_summary(out, manifest)
+        print(summary.read_text())
+        print(f"run folder: {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the training sub-commands to the `medrl` parser."""
+    p = subparsers.add_parser("tiny-model", help="build a tiny random Qwen2.5-VL offline (tests, rehearsal)")
+    p.add_argument("out", help="output folder")
+    p.set_defaults(func=_run_tiny_model)
+
+    for name, fn, helptext in (
+        ("train", _run_train, "run one stage of a recipe with verl (default: the last stage)"),
+        ("pipeline", _run_pipeline, "run all stages of a recipe: SFT -> merge -> RL -> merge, with a manifest"),
+    ):
+        p = subparsers.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("recipe", help="recipe name (recipes/NAME.yaml) or path")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDE_HELP)
+        p.add_argument("--out", default=None, help="run folder (default runs/<recipe name>)")
+        p.add_argument("--dry-run", action="store_true", help="print the exact verl command line(s) and stop")
+        if name == "train":
+            p.add_argument("--stage", default=None, help="stage to run (default: the last one)")
+        p.set_defaults(func=fn)
+
+    p = subparsers.add_parser(
+        "demo", help="the main job on CPU: tiny model, sample data, SFT warm-up, GRPO, merge, summary"
+    )
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDE_HELP)
+    p.add_argument("--dry-run", action="store_true", help="print the verl command lines and stop")
+    p.set_defaults(func=_run_pipeline, recipe="cpu_tiny")
