@@ -1,0 +1,322 @@
+"""Bi-temporal change pairs (LEVIR-CC style) -> two-image verl rows for change grounding and captioning.
+
+Input: a folder written by `datasets.Dataset(Dict).save_to_disk` with columns
+`image` (before), `image2` (after), `caption` (a string or a list of strings) and
+`bbox` ([x1, y1, x2, y2] in pixels of the image, or in [0, 1]; a list of such boxes;
+empty, null or all zeros for "no change"). A DatasetDict's splits are written as
+`<split>.parquet`; a single Dataset is split by `--val_fraction` like the LLaVA path.
+
+Rows (each with `<image>` twice, before then after):
+- ``grounding`` -> data_source ``medrl/change_grounding``; ground truth: JSON list of
+  [0, 1] boxes ("[]" for no change), scored by the IoU reward.
+- ``action`` -> data_source ``medrl/change_action``; ground truth: the action vector
+  JSON ``[cx, cy, scale]`` (cx=(x1+x2)/2/W, cy=(y1+y2)/2/H, scale=sqrt(box area /
+  image area)), scored by `medrl.rewards.change`. No-change pairs have no vector:
+  their action row is left out and counted.
+- ``caption`` -> data_source ``medrl/change_caption``; ground truth: the first caption.
+Every row carries the action vector in ``extra_info["action"]`` (null for no change).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from medrl.boxes import BoxError, check_box, format_boxes, to_norm1
+from medrl.data import rejects
+from medrl.data.convert import ConvertOptions
+from medrl.data.format_pipeline import iter_sources, run_pipeline
+from medrl.data.images import ImageOptions, load_image
+from medrl.data.readers import SourceRecord
+from medrl.data.records import IMAGE_TOKEN, RecordResult
+from medrl.data.rejects import Reject, RejectError
+from medrl.rewards.change import action_vector
+
+CHANGE_TASKS = ("grounding", "action", "caption")
+DATA_SOURCES = {"grounding": "medrl/change_grounding", "action": "medrl/change_action",
+                "caption": "medrl/change_caption"}
+NO_SECOND_IMAGE = "change: no second image"
+SIZE_MISMATCH = "change: the two images differ in size"
+NO_ROWS = "change: no row for the chosen tasks"
+BAD_BBOX = "change: malformed bbox"
+
+QUESTIONS = {
+    "grounding": "The first image was taken before, the second after. Where did the scene change?",
+    "action": "The first image was taken before, the second after. Where did the scene change?",
+    "caption": "The first image was taken before, the second after. Describe what changed in one sentence.",
+}
+INSTRUCTIONS = {
+    "grounding": ("First think step by step inside <think> </think>, then give your final answer inside "
+                  "<answer> </answer>: the bounding box of the changed area as [x1, y1, x2, y2] with "
+                  "coordinates in [0, 1], or 'No change' if nothing changed."),
+    "action": ("First think step by step inside <think> </think>, then give your final answer inside "
+               "<answer> </answer> as [cx, cy, scale]: the centre of the changed area as fractions of the "
+               "width and height, and the square root of its area as a fraction of the image area."),
+    "caption": "First think step by step inside <think> </think>, then give the sentence inside <answer> </answer>.",
+}
+SFT_THINK = "I compare the two images region by region."
+
+
+@dataclass(frozen=True)
+class ChangeOptions:
+    """Which rows a change pair becomes."""
+
+    tasks: tuple[str, ...] = ("grounding", "caption")
+
+    def __post_init__(self):
+        bad = [t for t in self.tasks if t not in CHANGE_TASKS]
+        if bad or not self.tasks:
+            raise ValueError(f"unknown change task(s) {bad}; expected some of {CHANGE_TASKS}")
+
+
+def read_arrow(path: str | Path, split: str | None = None) -> Iterator[SourceRecord | Reject]:
+    """Records of a `load_from_disk` folder (one split of a DatasetDict, or a Dataset) with undecoded images."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None:
+            raise ValueError(f"{path} holds splits {list(ds)}: name one")
+        if split not in ds:
+            raise ValueError(f"{path} has no split {split!r}; splits: {list(ds)}")
+        ds = ds[split]
+    for col in ("image", "image2"):
+        if col in ds.features and isinstance(ds.features[col], datasets.Image):
+            ds = ds.cast_column(col, datasets.Image(decode=False))  # keep the stored bytes; decode once, later
+    source = f"{path}:{split}" if split else str(path)
+    for i, row in enumerate(ds):
+        row.setdefault("id", f"{Path(path).name}-{split or 'all'}-{i}")
+        yield SourceRecord(row, source, i)
+
+
+def splits_of(path: str | Path) -> list[str] | None:
+    """The split names of a saved DatasetDict, or None for a plain Dataset."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    return list(ds) if isinstance(ds, datasets.DatasetDict) else None
+
+
+def _image_spec(value: Any, out_dir: Path | None, name: str, mode: str) -> Any:
+    """A `load_image` spec for an Arrow cell (bytes/path dict, PIL image, path); ref mode writes bytes to a file."""
+    if value is None:
+        return None
+    if hasattr(value, "save") and hasattr(value, "size"):  # a decoded PIL image
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        value = {"bytes": buf.getvalue()}
+    if mode == "ref" and isinstance(value, dict) and value.get("bytes"):
+        path = value.get("path")
+        if not (path and Path(path).is_absolute() and Path(path).is_file()):
+            from medrl.atomic import atomic_path
+
+            target = (out_dir or Path(".")) / "images" / f"{name}.png"
+            if not target.is_file():
+                with atomic_path(target) as tmp:
+                    tmp.write_bytes(bytes(value["bytes"]))
+            return str(target.resolve())
+        return path
+    if isinstance(value, dict) and not value.get("bytes") and not value.get("path"):
+        return None
+    return value
+
+
+def change_boxes(bbox: Any, width: int, height: int) -> list[tuple[float, float, float, float]]:
+    """[0, 1] boxes of a `bbox` cell (pixels or [0, 1]; one box or a list); [] for no change; raises RejectError."""
+    if bbox is None:
+        return []
+    if hasattr(bbox, "tolist"):
+        bbox = bbox.tolist()
+    if not isinstance(bbox, (list, tuple)):
+        raise RejectError(BAD_BBOX, f"bbox is {type(bbox).__name__}")
+    items = [bbox] if bbox and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox) else bbox
+    boxes = []
+    for b in items:
+        b = list(b) if isinstance(b, (list, tuple)) else b
+        if not isinstance(b, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b):
+            raise RejectError(BAD_BBOX, f"bbox entry {str(b)[:80]} is not a list of numbers")
+        if len(b) == 4 and all(v == 0 for v in b):
+            continue  # all zeros: the usual "no change" marker
+        reason = check_box(b)
+        if reason:
+            raise RejectError(reason, f"bbox {b}")
+        if max(b) > 1.0:
+            try:
+                box = to_norm1(b, "abs", width, height)
+            except BoxError as exc:
+                raise RejectError(str(exc), f"bbox {b}") from None
+        else:
+            box = tuple(float(v) for v in b)
+        if max(box) > 1.0 + 1e-9:
+            raise RejectError("box outside the image", f"bbox {b} in a {width}x{height} image")
+        boxes.append(tuple(round(v, 6) for v in box))
+    return boxes
+
+
+def _caption(value: Any) -> str:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        value = next((c for c in value if isinstance(c, str) and c.strip()), "")
+    return value.strip() if isinstance(value, str) else ""
+
+
+def build_change_rows(item: SourceRecord, opts: ChangeOptions, rec_opts, out_dir: Path | None = None) -> RecordResult:
+    """Rows of one change pair (raises RejectError with a reason)."""
+    data = item.data
+    if not isinstance(data, dict):
+        raise RejectError(rejects.NOT_AN_OBJECT, type(data).__name__)
+    rid = str(data.get("id"))
+    mode = rec_opts.images.mode
+    specs = [_image_spec(data.get("image"), out_dir, f"{rid}_A", mode),
+             _image_spec(data.get("image2"), out_dir, f"{rid}_B", mode)]
+    if specs[0] is None:
+        raise RejectError(rejects.NO_IMAGE, "no `image` (before) in the pair")
+    if specs[1] is None:
+        raise RejectError(NO_SECOND_IMAGE, "no `image2` (after) in the pair")
+    infos = [load_image(s, rec_opts.images, None) for s in specs]
+    if mode == "ref" and infos[0].width is None:  # sizes are needed for pixel boxes
+        infos = [load_image(s, replace(rec_opts.images, verify=True), None) for s in specs]
+    (w, h), (w2, h2) = (infos[0].width, infos[0].height), (infos[1].width, infos[1].height)
+    if (w, h) != (w2, h2):
+        raise RejectError(SIZE_MISMATCH, f"before {w}x{h}, after {w2}x{h2}")
+    boxes = change_boxes(data.get("bbox"), w, h)
+    action = None
+    if boxes:
+        enclosing = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                     max(b[3] for b in boxes))
+        action = [round(v, 6) for v in action_vector(enclosing)]
+    caption = _caption(data.get("caption"))
+    dropped: Counter = Counter()
+    rows, sft_rows = [], []
+    base = {"id": rid, "dataset": str(data.get("dataset") or "change"), "width": w, "height": h, "turn": 1,
+            "n_turns": 1, "position": item.position, "source": item.source, "image": infos[0].origin,
+            "image2": infos[1].origin, "action": action}
+    for task in opts.tasks:
+        if task == "grounding":
+            truth = format_boxes(boxes)
+            shown = " and ".join("[" + ", ".join(f"{v:.2f}" for v in b) + "]" for b in boxes) or "No change."
+        elif task == "action":
+            if action is None:
+                dropped["no-change pair: no action row"] += 1
+                continue
+            truth = "[" + ", ".join(f"{v:.4f}" for v in action) + "]"
+            shown = truth
+        else:
+            if not caption:
+                dropped["pair without caption: no caption row"] += 1
+                continue
+            truth = shown = caption
+        question = QUESTIONS[task]
+        text = f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\n{question}"
+        if rec_opts.instruction:
+            text += "\n" + INSTRUCTIONS[task]
+        prompt = [{"role": "user", "content": text}]
+        extra = {**base, "task_type": f"change_{task}", "question": question, "answer": shown}
+        rows.append({"data_source": rec_opts.data_source or DATA_SOURCES[task], "prompt": prompt,
+                     "images": [i.payload for i in infos], "ability": f"change_{task}",
+                     "reward_model": {"style": "rule", "ground_truth": truth}, "extra_info": extra})
+        if rec_opts.sft:
+            reply = f"<think>{rec_opts.sft_think or SFT_THINK}</think><answer>{shown}</answer>" \
+                if rec_opts.instruction else shown
+            sft_rows.append({"messages": prompt + [{"role": "assistant", "content": reply}],
+                             "images": [i.payload for i in infos],
+                             "data_source": rec_opts.data_source or DATA_SOURCES[task], "extra_info": dict(extra)})
+    if not rows:
+        raise RejectError(NO_ROWS, f"tasks {list(opts.tasks)}: {dict(dropped)}")
+    return RecordResult(rows, sft_rows, dropped)
+
+
+def prepare_change(opts: ConvertOptions, change: ChangeOptions = ChangeOptions()) -> list[dict]:
+    """Convert change pairs from `opts.inputs` (load_from_disk folders); one summary per split written."""
+    out_dir = Path(opts.output_dir)
+
+    def build(item):
+        return build_change_rows(item, change, opts.record, out_dir)
+
+    label = "change " + "+".join(change.tasks)
+    splits = [splits_of(p) for p in opts.inputs]
+    if all(s is None for s in splits):
+        items = iter_sources(opts.inputs, read_arrow)
+        return [run_pipeline(items, build, opts, label)]
+    if any(s is None for s in splits):
+        raise ValueError("mix of DatasetDict and Dataset folders: convert them separately")
+    names = sorted({n for s in splits for n in s}, key=lambda n: (n != "train", n))
+    summaries = []
+    for name in names:
+        paths = [p for p, s in zip(opts.inputs, splits) if name in s]
+        items = (it for p in paths for it in read_arrow(p, name))
+        summaries.append(run_pipeline(items, build, replace(opts, split_name=name, val_fraction=0.0), label, paths))
+    return summaries
+
+
+# ---------------------------------------------------------------- sample generator
+
+def _scene(rng, size: int):
+    import numpy as np
+
+    base = np.zeros((size, size, 3), np.float32)
+    base[...] = (70, 95, 60)  # vegetation
+    base += rng.normal(0, 8, (size, size, 1))
+    road = int(rng.integers(size // 4, 3 * size // 4))
+    base[road:road + 4, :, :] = (120, 120, 115)
+    return base
+
+
+def _where(box, size: int) -> str:
+    cx, cy = (box[0] + box[2]) / 2 / size, (box[1] + box[3]) / 2 / size
+    v = "top" if cy < 0.4 else "bottom" if cy > 0.6 else "middle"
+    hpos = "left" if cx < 0.4 else "right" if cx > 0.6 else "centre"
+    return f"{v} {hpos}" if v != "middle" else ("centre" if hpos == "centre" else f"middle {hpos}")
+
+
+def write_sample(out_dir: str | Path, n_train: int = 12, n_test: int = 4, seed: int = 0, size: int = 64) -> Path:
+    """Write a LEVIR-CC-like DatasetDict (train/test) of generated before/after pairs; returns its folder."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    cols: dict[str, dict[str, list]] = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        c = cols.setdefault(split, {"image": [], "image2": [], "caption": [], "bbox": []})
+        for i in range(n):
+            before = _scene(rng, size)
+            after = before + rng.normal(0, 3, before.shape)
+            if i % 4 == 3:
+                bbox: list[int] = []
+                caption = ["the scene is unchanged", "no change"]
+            else:
+                bw, bh = (int(v) for v in rng.integers(8, 24, 2))
+                x1, y1 = int(rng.integers(0, size - bw)), int(rng.integers(0, size - bh))
+                after[y1:y1 + bh, x1:x1 + bw] = (190, 185, 180)  # a new roof
+                after[y1:y1 + bh, x1:x1 + 2] = (90, 90, 90)  # its shaded wall
+                bbox = [x1, y1, x1 + bw, y1 + bh]
+                caption = [f"a building has been built at the {_where(bbox, size)}",
+                           f"a new house appears in the {_where(bbox, size)}"]
+            c["image"].append(Image.fromarray(np.clip(before, 0, 255).astype(np.uint8)))
+            c["image2"].append(Image.fromarray(np.clip(after, 0, 255).astype(np.uint8)))
+            c["caption"].append(caption)
+            c["bbox"].append(bbox)
+    features = datasets.Features({"image": datasets.Image(), "image2": datasets.Image(),
+                                  "caption": datasets.Sequence(datasets.Value("string")),
+                                  "bbox": datasets.Sequence(datasets.Value("int32"))})
+    dd = datasets.DatasetDict({s: datasets.Dataset.from_dict(c, features=features) for s, c in cols.items()})
+    out = Path(out_dir) / "levir_cc_like"
+    tmp = out.with_name(out.name + ".tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    dd.save_to_disk(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # a folder: written beside, then renamed into place
+    return out
+
+
+def action_of_pixels(bbox, width: int, height: int) -> list[float]:
+    """The seed's action vector of a pixel box (convenience for users and tests)."""
+    return list(action_vector(bbox, width, height))
+

@@ -1,0 +1,262 @@
+"""MeCoVQA (Complex, Region, Grounding) with SA-Med2D images and masks -> verl rows.
+
+MeCoVQA records are LLaVA records (`id`, `image`, `conversations`) whose image
+paths are relative to the SA-Med2D folder (`--image_root`); the kind is read from
+each record:
+- Grounding: the gpt answer names a mask, ``<mask>masks/...png</mask>`` (often with a
+  ``[SEG]`` token). The mask becomes boxes, one per connected region (8-connected,
+  `scipy.ndimage.label`), dropping regions smaller than `min_area` pixels; the answer
+  is rewritten with those [0, 1] boxes and converted as a grounding row
+  (data_source ``medrl/grounding``, IoU reward).
+- Region: the human turn names a region mask, ``<region>masks/...png</region>``. The
+  region becomes its enclosing [0, 1] box, written into the prompt ("region [x1, y1,
+  x2, y2]") and kept in ``extra_info["region"]`` (mask file in ``region_mask``); the
+  answer stays the reference (task ``--region_task``, default report/BLEU).
+- Complex: plain VQA; the answer stays the reference (task ``--complex_task``).
+Paths written without their ``.png`` suffix are found as SA-Med2D subsets do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from medrl.data import rejects
+from medrl.data.convert import ConvertOptions
+from medrl.data.format_pipeline import iter_sources, run_pipeline, with_extra
+from medrl.data.readers import SourceRecord, read_records
+from medrl.data.records import DEFAULT_DATA_SOURCE, RecordOptions, RecordResult, build_rows
+from medrl.data.rejects import RejectError
+
+KINDS = ("auto", "complex", "region", "grounding")
+MASK_NOT_FOUND = "mask not found"
+UNREADABLE_MASK = "unreadable mask"
+EMPTY_MASK = "mask has no region above the minimum area"
+_MASK_RE = re.compile(r"<mask>\s*(.*?)\s*</mask>", re.S | re.I)
+_REGION_RE = re.compile(r"<region>\s*(.*?)\s*</region>", re.S | re.I)
+_SEG_RE = re.compile(r"\[SEG\]|<SEG>", re.I)
+
+
+@dataclass(frozen=True)
+class MecoOptions:
+    """How MeCoVQA records become rows."""
+
+    kind: str = "auto"  # force one kind, or read it from each record
+    min_area: int = 16  # connected mask regions with fewer pixels are dropped
+    mask_root: str | None = None  # default: the image root
+    complex_task: str = "report"
+    region_task: str = "report"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown MeCoVQA kind {self.kind!r}; expected one of {KINDS}")
+        if self.min_area < 1:
+            raise ValueError(f"min_area must be >= 1 pixel, got {self.min_area}")
+
+
+def mask_boxes(mask: Any, min_area: int = 16) -> list[tuple[float, float, float, float]]:
+    """[0, 1] boxes of the connected regions (8-connected) of a mask with at least `min_area` pixels."""
+    import numpy as np
+    from scipy import ndimage
+
+    arr = np.asarray(mask)
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    fg = arr > 0
+    h, w = fg.shape
+    labels, n = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return []
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    boxes = []
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None or areas[k] < min_area:
+            continue
+        ys, xs = sl
+        boxes.append((xs.start / w, ys.start / h, xs.stop / w, ys.stop / h))
+    boxes.sort(key=lambda b: (b[1], b[0]))  # reading order: top to bottom, then left to right
+    return [tuple(round(v, 6) for v in b) for b in boxes]
+
+
+def _find(ref: str, root: str | None, base_dir: str) -> Path | None:
+    p = Path(ref.strip())
+    if not p.is_absolute():
+        p = Path(root or base_dir) / p
+    for cand in (p, p.with_name(p.name + ".png")):
+        if cand.is_file():
+            return cand.resolve()
+    return None
+
+
+def load_mask_boxes(ref: str, root: str | None, base_dir: str, min_area: int) -> tuple[list, str]:
+    """(boxes, resolved path) of a mask file reference; raises RejectError."""
+    from PIL import Image
+
+    path = _find(ref, root, base_dir)
+    if path is None:
+        raise RejectError(MASK_NOT_FOUND, str(Path(root or base_dir) / ref))
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = im.convert("L") if im.mode not in ("1", "L", "I", "I;16") else im.copy()
+    except Exception as exc:  # PIL raises many types for corrupt files; all mean "unreadable"
+        raise RejectError(UNREADABLE_MASK, f"{path}: {type(exc).__name__}: {exc}") from exc
+    boxes = mask_boxes(arr, min_area)
+    if not boxes:
+        raise RejectError(EMPTY_MASK, f"{path}: no 8-connected region of {min_area}+ pixels")
+    return boxes, str(path)
+
+
+def _fmt(box, decimals: int = 2) -> str:
+    return "[" + ", ".join(f"{v:.{decimals}f}" for v in box) + "]"
+
+
+def record_kind(data: dict) -> str:
+    """complex, region or grounding, from the tags in the record's turns."""
+    conv = data.get("conversations") or []
+    text = " ".join(str(t.get("value", "")) for t in conv if isinstance(t, dict))
+    if _MASK_RE.search(text):
+        return "grounding"
+    if _REGION_RE.search(text):
+        return "region"
+    return "complex"
+
+
+def build_meco_rows(item: SourceRecord, meco: MecoOptions, rec_opts: RecordOptions) -> RecordResult:
+    """Rows of one MeCoVQA record (raises RejectError with a reason)."""
+    data = item.data
+    if not isinstance(data, dict):
+        raise RejectError(rejects.NOT_AN_OBJECT, type(data).__name__)
+    kind = meco.kind if meco.kind != "auto" else record_kind(data)
+    base_dir = str(Path(item.source).parent)
+    image_root = rec_opts.images.image_root
+    mask_root = meco.mask_root or image_root
+    conv = [dict(t) if isinstance(t, dict) else t for t in data.get("conversations") or []]
+    rec = dict(data, conversations=conv)
+    img = data.get("image")
+    if isinstance(img, str) and _find(img, image_root, base_dir) is not None:
+        rec["image"] = str(_find(img, image_root, base_dir))  # SA-Med2D paths may omit ".png"
+    extra: dict = {"task_type": f"mecovqa_{kind}"}
+    if kind == "grounding":
+        task = "grounding"
+        masks = []
+        for t in conv:
+            if isinstance(t, dict) and str(t.get("from", "")).lower() in ("gpt", "assistant"):
+                value = str(t.get("value", ""))
+                refs = _MASK_RE.findall(value)
+                if not refs:
+                    continue
+                boxes = []
+                for ref in refs:
+                    found, path = load_mask_boxes(ref, mask_root, base_dir, meco.min_area)
+                    boxes += found
+                    masks.append(path)
+                shown = " and ".join(_fmt(b, 4) for b in boxes)  # the truth keeps 4 decimals
+                text = _MASK_RE.sub("", value).strip()
+                text = _SEG_RE.sub(shown, text, count=1) if _SEG_RE.search(text) else f"{text} {shown}".strip()
+                t["value"] = _SEG_RE.sub("", text).strip()
+        if not masks:
+            raise RejectError(rejects.NOT_GROUNDING, "grounding record without <mask>...</mask> in a gpt turn")
+        extra["mask"] = masks[0]
+    elif kind == "region":
+        task = meco.region_task
+        for t in conv:
+            if isinstance(t, dict) and str(t.get("from", "")).lower() in ("human", "user"):
+                value = str(t.get("value", ""))
+                m = _REGION_RE.search(value)
+                if not m:
+                    continue
+                boxes, path = load_mask_boxes(m.group(1), mask_root, base_dir, meco.min_area)
+                region = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                          max(b[3] for b in boxes))
+                before = value[:m.start()].rstrip()
+                said = "" if before.lower().endswith("region") else "region "
+                t["value"] = f"{before} {said}{_fmt(region)}{value[m.end():]}".strip()
+                extra.setdefault("region", list(region))
+                extra.setdefault("region_mask", path)
+        if "region" not in extra:
+            raise RejectError("mecovqa: region record without <region>...</region>")
+    else:
+        task = meco.complex_task
+    opts = replace(rec_opts, task=task,
+                   data_source=rec_opts.data_source or DEFAULT_DATA_SOURCE[task])
+    return with_extra(build_rows(rec, item.source, item.position, opts), **extra)
+
+
+def prepare_mecovqa(opts: ConvertOptions, meco: MecoOptions = MecoOptions()) -> dict:
+    """Convert MeCoVQA JSON file(s) (`opts.inputs`) to verl parquet; returns the summary."""
+    def build(item):
+        return build_meco_rows(item, meco, opts.record)
+
+    items = iter_sources(opts.inputs, lambda p: read_records(p, opts.input_format))
+    return run_pipeline(items, build, opts, f"mecovqa {meco.kind}")
+
+
+# ---------------------------------------------------------------- sample generator
+
+def _organ(rng, size: int):
+    import numpy as np
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.full((size, size), 30.0)
+    body = ((xx - size / 2) / (0.45 * size)) ** 2 + ((yy - size / 2) / (0.4 * size)) ** 2 <= 1
+    img[body] = 90
+    img += rng.normal(0, 4, img.shape)
+    return img, yy, xx
+
+
+def write_sample(out_dir: str | Path, n: int = 4, seed: int = 0, size: int = 64) -> list[Path]:
+    """Write SA-Med2D-like images/ and masks/ plus MeCoVQA-{Complex,Region,Grounding}.json under out_dir."""
+    import numpy as np
+    from PIL import Image
+
+    from medrl.atomic import atomic_open, atomic_path
+
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    files: dict[str, list] = {"Complex": [], "Region": [], "Grounding": []}
+
+    def save(rel: str, arr) -> None:
+        with atomic_path(out_dir / rel) as tmp:
+            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L").save(tmp, format="PNG", optimize=True)
+
+    for i in range(3 * n):
+        img, yy, xx = _organ(rng, size)
+        mask = np.zeros((size, size), np.uint8)
+        n_lesions = 1 + (i % 3 == 2)
+        for _ in range(n_lesions):
+            r = int(rng.integers(4, 8))
+            cx = int(rng.integers(size // 4, 3 * size // 4))
+            cy = int(rng.integers(size // 4, 3 * size // 4))
+            blob = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+            img[blob] = 170
+            mask[blob] = 255
+        mask[2:4, 2:4] = 255  # a 4-pixel speck: below the minimum area, never a box
+        stem = f"ct_00--MeCoSample--case_{i:03d}--x_0001"
+        save(f"images/{stem}.png", img)
+        mrel = f"masks/{stem}--0000_000.png"
+        save(mrel, mask)
+        kind = ("Complex", "Region", "Grounding")[i % 3]
+        image_ref = f"images/{stem}" if i == 2 else f"images/{stem}.png"  # one path without ".png", as in SA-Med2D
+        if kind == "Complex":
+            conv = [("human", "<image>\nWhat imaging modality is this and what abnormality is visible?"),
+                    ("gpt", "This is a CT slice of the abdomen showing a round hyperdense lesion.")]
+        elif kind == "Region":
+            conv = [("human", f"<image>\nWhat does the region <region>{mrel}</region> show?"),
+                    ("gpt", "It shows a round hyperdense lesion.")]
+        else:
+            conv = [("human", "<image>\nPlease segment the hyperdense lesion in this CT image."),
+                    ("gpt", f"Sure, it is [SEG]. <mask>{mrel}</mask>")]
+        files[kind].append({"id": f"meco-{kind.lower()}-{i:03d}", "image": image_ref,
+                            "conversations": [{"from": a, "value": b} for a, b in conv]})
+    paths = []
+    for kind, recs in files.items():
+        p = out_dir / f"MeCoVQA-{kind}.json"
+        with atomic_open(p, "w", encoding="utf-8") as fh:
+            json.dump(recs, fh, indent=1)
+            fh.write("\n")
+        paths.append(p)
+    return paths
