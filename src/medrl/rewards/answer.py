@@ -33,12 +33,12 @@ def answer_section(text: str) -> tuple[str, str]:
     if not isinstance(text, str):
         return "", "whole"
     text = text[:MAX_REPLY_CHARS]
-    low = text.lower()
-    if "<answer>" in low:
-        m = _ANSWER_RE.search(text)
-        if m:
-            return m.group(1).strip(), "answer"
-    cut = low.rfind(_THINK_END)
+    m = _ANSWER_RE.search(text)
+    if m:
+        return m.group(1).strip(), "answer"
+    cut = text.rfind(_THINK_END)
+    if cut < 0 and "</" in text:  # rare upper-case tags
+        cut = text.lower().rfind(_THINK_END)
     if cut >= 0:
         return text[cut + len(_THINK_END):].strip(), "after_think"
     return text.strip(), "whole"

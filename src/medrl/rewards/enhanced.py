@@ -64,7 +64,7 @@ class Knowledge:
     default_region: str
     severity: dict[str, float]
     terms: dict[tuple[str, ...], tuple[tuple[str, str], ...]]  # word tuple -> ((kind, name), ...)
-    max_term_len: int
+    starts: dict[str, tuple[int, ...]]  # first word of a term -> term lengths, longest first
 
 
 def _num(value: Any, where: str) -> float:
@@ -110,7 +110,11 @@ def parse_knowledge(raw: Any, source: str = "knowledge") -> Knowledge:
     if default not in weights:
         raise ValueError(f"{source}: default_region {default!r} is not a region")
     frozen = {k: tuple(dict.fromkeys(v)) for k, v in terms.items()}
-    return Knowledge(weights, tuple(zones), default, severity, frozen, max(len(k) for k in frozen))
+    starts: dict[str, set] = {}
+    for key in frozen:
+        starts.setdefault(key[0], set()).add(len(key))
+    return Knowledge(weights, tuple(zones), default, severity, frozen,
+                     {w: tuple(sorted(n, reverse=True)) for w, n in starts.items()})
 
 
 @lru_cache(maxsize=8)
@@ -138,6 +142,7 @@ def find_mentions(text: str, kb: Knowledge, max_words: int = 3000) -> Mentions:
     words = _WORD_RE.findall(text[:20_000].lower())[:max_words]
     m = Mentions(set(), set(), set(), {})
     i, n, last_neg = 0, len(words), -100
+    starts, terms = kb.starts, kb.terms
     while i < n:
         w = words[i]
         if w in _BOUNDARY:
@@ -146,11 +151,14 @@ def find_mentions(text: str, kb: Knowledge, max_words: int = 3000) -> Mentions:
             continue
         if w in _NEGATIONS:
             last_neg = i
+        sizes = starts.get(w)
         hit = None
-        for size in range(min(kb.max_term_len, n - i), 0, -1):
-            hit = kb.terms.get(tuple(words[i:i + size]))
-            if hit:
-                break
+        if sizes:  # most words start no term: one dict lookup and on
+            for size in sizes:
+                if i + size <= n:
+                    hit = terms.get(tuple(words[i:i + size]))
+                    if hit:
+                        break
         if not hit:
             i += 1
             continue

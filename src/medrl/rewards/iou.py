@@ -47,6 +47,8 @@ def image_geometry(extra_info: Any, kwargs: dict) -> tuple[float | None, float |
 
     def pick(key: str) -> Any:
         value = info.get(key, kwargs.get(key))
+        if value is None:
+            return None
         try:
             value = float(value)
         except (TypeError, ValueError):
@@ -61,6 +63,8 @@ def predicted_boxes(answer: str, convention: str = "auto", width: float | None =
                     min_pixels: int | None = None, max_pixels: int | None = None) -> tuple[list[Box], int]:
     """Boxes of an answer in [0, 1], and how many parsed boxes could not be placed (missing image size)."""
     boxes, unplaced = [], 0
+    if "[" not in answer and "(" not in answer:  # no box can be written without brackets
+        return boxes, unplaced
     for raw in parse_boxes(answer):
         try:
             boxes.append(to_norm1(raw, convention, width, height, min_pixels, max_pixels))

@@ -1,0 +1,187 @@
+"""Throughput of medrl's rewards: 10,000 rollouts per reward on one core, beside per-sample references.
+
+    python benchmarks/bench_rewards.py [--n 10000] [--repeats 5] [--ref-n 1000]
+
+References, run in the same process on the same rollouts:
+- IoU: pycocotools mAP@0.5 per sample on a dummy canvas, as VLM-R1 scores multi-box answers
+  (optional: `pip install pycocotools`; skipped when missing). Being slow, it runs on `--ref-n` rollouts.
+- BLEU: plain nltk `sentence_bleu(..., SmoothingFunction().method1)` per sample, on all rollouts;
+  the largest difference from medrl's BLEU is printed too.
+Targets (issue 3): IoU >= 50,000 rollouts/s; BLEU and enhanced >= 5,000 rollouts/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import random
+import statistics
+import time
+
+from tqdm import tqdm
+
+TARGETS = {"iou": 50_000, "bleu": 5_000, "enhanced": 5_000}
+SENTENCES = [
+    "The heart size is normal.", "There is mild cardiomegaly.", "Small left pleural effusion.",
+    "No pneumothorax is seen.", "Right lower lobe consolidation, concerning for pneumonia.",
+    "The lungs are clear.", "Bibasilar atelectasis.", "Mediastinal contours are within normal limits.",
+    "A 2 cm nodule in the right upper lobe.", "Degenerative changes of the thoracic spine.",
+]
+THINK = ("First I examine the lungs systematically, then the heart and mediastinum. The opacity in the {side} "
+         "lower lobe suggests {abn}; the differential includes atelectasis because the volume is reduced.")
+
+
+def _jitter(rnd: random.Random, box: list[float], s: float) -> list[float]:
+    x1, y1, x2, y2 = (min(1.0, max(0.0, v + rnd.uniform(-s, s))) for v in box)
+    return [round(min(x1, x2), 2), round(min(y1, y2), 2), round(max(x1, x2), 2), round(max(y1, y2), 2)]
+
+
+def grounding_rollouts(n: int, group: int = 8, seed: int = 0) -> list[tuple[str, str, str, dict]]:
+    """GRPO-like grounding rollouts: n/group prompts, `group` samples each (same ground truth string)."""
+    rnd = random.Random(seed)
+    rows = []
+    for _ in range(max(1, n // group)):
+        k = rnd.choices([0, 1, 2, 3], weights=[2, 5, 2, 1])[0]
+        true = []
+        for _ in range(k):
+            x, y = rnd.uniform(0.05, 0.7), rnd.uniform(0.05, 0.7)
+            true.append([round(x, 2), round(y, 2), round(x + rnd.uniform(0.05, 0.25), 2),
+                         round(y + rnd.uniform(0.05, 0.25), 2)])
+        gt = json.dumps(true)
+        for _ in range(group):
+            think = THINK.format(side=rnd.choice(["left", "right"]), abn=rnd.choice(["consolidation", "effusion"]))
+            mode = rnd.random()
+            if not true and mode < 0.6:
+                answer = "No abnormalities or lesions are detected on this Chest X-ray."
+            else:
+                boxes = [_jitter(rnd, b, 0.05) for b in true if rnd.random() < 0.85]
+                if mode > 0.8:
+                    boxes.append(_jitter(rnd, [0.4, 0.4, 0.6, 0.6], 0.2))
+                answer = "Consolidation located at " + " and ".join(
+                    "[" + ", ".join(f"{v:.2f}" for v in b) + "]" for b in boxes) if boxes else "Nothing definite."
+            rows.append(("medrl/grounding", f"<think>{think}</think><answer>{answer}</answer>", gt,
+                         {"width": 1024, "height": 1024}))
+    return rows[:n]
+
+
+def report_rollouts(n: int, group: int = 8, seed: int = 1) -> list[tuple[str, str, str, dict]]:
+    """GRPO-like report rollouts: a reference of 3-6 sentences, samples that keep, drop or swap sentences."""
+    rnd = random.Random(seed)
+    rows = []
+    for _ in range(max(1, n // group)):
+        ref_s = rnd.sample(SENTENCES, rnd.randint(3, 6))
+        ref = " ".join(ref_s)
+        for _ in range(group):
+            hyp = [s if rnd.random() < 0.7 else rnd.choice(SENTENCES) for s in ref_s if rnd.random() < 0.9]
+            rows.append(("medrl/report", f"<think>Reading the film.</think><answer>{' '.join(hyp)}</answer>", ref, {}))
+    return rows[:n]
+
+
+def time_it(fn, rows, repeats: int, desc: str) -> tuple[float, float]:
+    """(median, best) seconds over `repeats` passes of `fn` over all rows."""
+    times = []
+    for _ in tqdm(range(repeats), desc=desc, leave=False):
+        t0 = time.perf_counter()
+        for r in rows:
+            fn(*r)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def coco_map50(pred: list, true: list) -> float:
+    """VLM-R1-style per-sample mAP@0.5 with pycocotools on a 1000x1000 canvas."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not pred or not true:
+        return 0.0
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "width": 1000, "height": 1000}], "categories": [{"id": 1, "name": "x"}],
+                  "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                                   "bbox": [b[0] * 1000, b[1] * 1000, (b[2] - b[0]) * 1000, (b[3] - b[1]) * 1000],
+                                   "area": (b[2] - b[0]) * (b[3] - b[1]) * 1e6} for i, b in enumerate(true)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dt = gt.loadRes([{"image_id": 1, "category_id": 1, "score": 1.0,
+                          "bbox": [b[0] * 1000, b[1] * 1000, (b[2] - b[0]) * 1000, (b[3] - b[1]) * 1000]}
+                         for b in pred])
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return max(0.0, float(ev.stats[1]))
+
+
+def main() -> None:
+    """Run every reward and its reference; print medians, rates and ratios."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ref-n", type=int, default=1000, help="rollouts for the (slow) pycocotools reference")
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as the target says
+
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    from medrl.boxes import parse_boxes
+    from medrl.rewards import bleu, enhanced, format as fmt, iou
+    from medrl.rewards.answer import extract_answer
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),)
+    ground, report = grounding_rollouts(args.n), report_rollouts(args.n)
+    results = []
+
+    def add(name, rows, fn, ref_name=None, ref_fn=None, ref_rows=None):
+        for r in rows[:200]:
+            fn(*r)  # warm caches and imports outside the timing
+        sec, best = time_it(fn, rows, args.repeats, name)
+        rate = len(rows) / sec
+        ref_rate = None
+        if ref_fn is not None:
+            ref_rows = ref_rows or rows
+            ref_sec, _ = time_it(ref_fn, ref_rows, max(1, min(args.repeats, 3)), ref_name)
+            ref_rate = len(ref_rows) / ref_sec
+        results.append((name, len(rows), sec, rate, len(rows) / best, TARGETS.get(name), ref_name, ref_rate))
+
+    try:
+        import pycocotools  # noqa: F401
+
+        def coco_ref(ds, sol, gt, info):
+            coco_map50(parse_boxes(extract_answer(sol)), json.loads(gt))
+
+        iou_ref = ("pycocotools mAP@0.5", coco_ref, ground[:args.ref_n])
+    except ImportError:
+        print("pycocotools not installed: IoU runs without its reference (pip install pycocotools)")
+        iou_ref = (None, None, None)
+    add("iou", ground, iou.compute_score, *iou_ref)
+
+    smooth = SmoothingFunction().method1
+
+    def nltk_ref(ds, sol, gt, info):
+        hyp, ref = bleu.normalize_text(extract_answer(sol)), bleu.normalize_text(gt)
+        return sentence_bleu([ref], hyp, smoothing_function=smooth) if hyp and ref else 0.0
+
+    add("bleu", report, bleu.compute_score, "nltk sentence_bleu", nltk_ref)
+    add("enhanced", ground, enhanced.compute_score)
+    add("format", ground, fmt.compute_score)
+
+    diff = max(abs(bleu.compute_score(*r)["score"] - (1.0 if bleu.normalize_text(extract_answer(r[1]))
+                                                      == bleu.normalize_text(r[2]) else nltk_ref(*r)))
+               for r in report)
+    print(f"\nrewards on one core, {args.n} rollouts each, median of {args.repeats} passes")
+    print(f"load average before the run: {load[0]:.2f} (a busy machine lowers every figure)")
+    print(f"{'reward':<10}{'rollouts':>9}{'median s':>10}{'rollouts/s':>12}{'best pass/s':>12}{'target':>9}{'meets':>7}"
+          f"  {'reference':<22}{'ref rollouts/s':>15}{'speed-up':>10}")
+    for name, n, sec, rate, best_rate, target, ref_name, ref_rate in results:
+        meets = "-" if target is None else ("yes" if rate >= target else "NO")  # judged on the median
+        ref_txt = f"{ref_rate:>15,.0f}{rate / ref_rate:>9.1f}x" if ref_rate else f"{'-':>15}{'-':>10}"
+        print(f"{name:<10}{n:>9}{sec:>10.3f}{rate:>12,.0f}{best_rate:>12,.0f}{(target or 0):>9,}{meets:>7}  {ref_name or '-':<22}{ref_txt}")
+    print(f"largest |medrl BLEU - nltk BLEU| over the report rollouts: {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
