@@ -54,7 +54,7 @@ def _load_policy(local_path: str, dtype: torch.dtype = torch.float32):
 
     config = AutoConfig.from_pretrained(local_path, trust_remote_code=True)
     # sdpa: flash-attention-2 (verl's default) needs a GPU.
-    kwargs = dict(torch_dtype=dtype, attn_implementation="sdpa", trust_remote_code=True)
+    kwargs = dict(dtype=dtype, attn_implementation="sdpa", trust_remote_code=True)
     if hasattr(config, "vision_config"):
         model = AutoModelForImageTextToText.from_pretrained(local_path, **kwargs)
     else:

@@ -71,7 +71,7 @@ def sample_answer(model_dir: Path, val_parquet: Path, max_new_tokens: int = 64) 
 
     row = pd.read_parquet(val_parquet).iloc[0]
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
     text = row["prompt"][0]["content"]
     image_entry = row["images"][0]
     data = image_entry.get("bytes") if isinstance(image_entry, dict) else None
