@@ -64,6 +64,7 @@ class SlurmJob:
     ray_port: str = "auto"
     ray_wait: int = 300
     ray_cpus: int | None = None
+    ray_gpus: int | None = None
     ray_object_store: int | None = None
     ray_tmp: str | None = None
     ray_start_args: list[str] = field(default_factory=list)
@@ -120,6 +121,8 @@ def validate(job: SlurmJob) -> None:
     for name in ("partition", "time", "account", "qos", "mem", "output"):
         if getattr(job, name) is not None:
             _sbatch_value(name, getattr(job, name))
+    if job.ray_gpus is not None and job.ray_gpus < 0:
+        raise SlurmJobError(f"--ray-gpus {job.ray_gpus}: cannot be negative")
     for name in ("cpus_per_task", "ray_cpus", "ray_object_store"):
         value = getattr(job, name)
         if value is not None and value < 1:
@@ -128,14 +131,15 @@ def validate(job: SlurmJob) -> None:
 
 def job_command(job: SlurmJob) -> list[str]:
     """The argv run on the Ray head: `medrl train|pipeline RECIPE overrides...`."""
-    overrides = list(job.overrides)
-    keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
-    if job.gpus_per_node > 0:
-        # verl sizes its resource pool from these; keep them equal to the allocation.
-        if "trainer.nnodes" not in keys:
-            overrides.append(f"trainer.nnodes={job.nodes}")
-        if "trainer.n_gpus_per_node" not in keys:
-            overrides.append(f"trainer.n_gpus_per_node={job.gpus_per_node}")
+    keys = {o.lstrip("+~").split("=", 1)[0] for o in job.overrides}
+    derived = []
+    # The recipe's resources become verl's trainer.nnodes / n_gpus_per_node: match the allocation.
+    if "resources.nnodes" not in keys:
+        derived.append(f"resources.nnodes={job.nodes}")
+    if job.gpus_per_node > 0 and "resources.gpus_per_node" not in keys:
+        derived.append(f"resources.gpus_per_node={job.gpus_per_node}")
+    # Derived first: the caller's own arguments (possibly options like --out) end the line.
+    overrides = [*derived, *job.overrides]
     return ["medrl", "pipeline" if job.pipeline else "train", job.recipe, *overrides]
 
 
@@ -143,7 +147,7 @@ def _sbatch_lines(job: SlurmJob) -> list[str]:
     stem = Path(job.recipe).stem if job.recipe.endswith((".yaml", ".yml")) else job.recipe
     name = job.job_name or "medrl-" + (_JOB_NAME_BAD.sub("_", stem).strip("_") or "job")
     lines = [f"--job-name={_sbatch_value('job_name', name)}",
-             f"--nodes={job.nodes + (1 if job.judge_node else 0)}",
+             f"--nodes={job.nodes + (1 if job.judge_node and not job.simulate_workers else 0)}",
              "--ntasks-per-node=1"]
     if job.gpus_per_node > 0:  # Slurm rejects any gres request on nodes without GPUs
         lines.append(f"--gres=gpu:{job.gpus_per_node}")
@@ -182,11 +186,12 @@ def render(job: SlurmJob) -> str:
     judge = (["bash", "-c", job.judge_command] if job.judge_command
              else ["vllm", "serve", job.judge_model or "", "--host", "0.0.0.0",
                    "--port", str(job.judge_port), *job.judge_args])
+    gpus = job.ray_gpus if job.ray_gpus is not None else (job.gpus_per_node or None)
     settings = {
         "MEDRL_RAY_PORT": shlex.quote(str(job.ray_port)),
         "MEDRL_RAY_WAIT": str(int(job.ray_wait)),
         "MEDRL_RAY_CPUS": str(job.ray_cpus) if job.ray_cpus else "${SLURM_CPUS_PER_TASK:-}",
-        "MEDRL_RAY_GPUS": str(job.gpus_per_node) if job.gpus_per_node > 0 else "''",
+        "MEDRL_RAY_GPUS": str(gpus) if gpus is not None else "''",
         "MEDRL_RAY_OBJECT_STORE": str(job.ray_object_store) if job.ray_object_store else "''",
         "MEDRL_RAY_TMP": shlex.quote(job.ray_tmp) if job.ray_tmp else "''",
         "MEDRL_RAY_EXTRA": _array(job.ray_start_args),
@@ -209,6 +214,8 @@ def render(job: SlurmJob) -> str:
            "set -eo pipefail", "", "# ---- environment ----", *_env_lines(job), "set -u", "",
            "# ---- settings (every value shell-quoted) ----"]
     out += [f"{k}={v}" for k, v in settings.items()]
+    if job.judge_model:  # read by medrl's judge reward (with MEDRL_JUDGE_URL, set by the bootstrap)
+        out.append(f"export MEDRL_JUDGE_MODEL={shlex.quote(job.judge_model)}")
     template = resources.files("medrl").joinpath("slurm_template.sh").read_text(encoding="utf-8")
     return "\n".join(out) + "\n\n" + template
 
@@ -286,6 +293,8 @@ def register(subparsers) -> None:
     ray.add_argument("--ray-wait", type=int, default=300,
                      help="seconds to wait for the head and every node to register")
     ray.add_argument("--ray-cpus", type=int, help="Ray --num-cpus per node")
+    ray.add_argument("--ray-gpus", type=int,
+                     help="Ray --num-gpus per node (default --gpus-per-node; logical GPUs for CPU recipes)")
     ray.add_argument("--ray-object-store", type=int, help="Ray --object-store-memory (bytes)")
     ray.add_argument("--ray-tmp", help="Ray --temp-dir (default /tmp/medrl-ray-$SLURM_JOB_ID)")
     ray.add_argument("--ray-start-arg", dest="ray_start_args", action="append", default=[],

@@ -28,9 +28,14 @@ for h in "${MEDRL_HOSTS[@]}"; do
     if [ "$h" != "$MEDRL_HEAD" ]; then MEDRL_WORKERS+=("$h"); fi
 done
 if [ "$MEDRL_JUDGE" = 1 ]; then
-    [ "${#MEDRL_WORKERS[@]}" -gt 0 ] || medrl_die "--judge-node needs a node besides the Ray head"
-    MEDRL_JUDGE_HOST=${MEDRL_WORKERS[-1]}
-    unset 'MEDRL_WORKERS[-1]'
+    if [ "${#MEDRL_WORKERS[@]}" -gt 0 ]; then
+        MEDRL_JUDGE_HOST=${MEDRL_WORKERS[-1]}
+        unset 'MEDRL_WORKERS[-1]'
+    elif [ "$MEDRL_SIM_WORKERS" -gt 0 ]; then
+        MEDRL_JUDGE_HOST=$MEDRL_HEAD  # test hook: simulated cluster on one host
+    else
+        medrl_die "--judge-node needs a node besides the Ray head"
+    fi
 fi
 # Test hook: extra Ray nodes on the head host, named HOST#simN.
 for ((i = 1; i <= MEDRL_SIM_WORKERS; i++)); do MEDRL_WORKERS+=("$MEDRL_HEAD#sim$i"); done
