@@ -204,6 +204,11 @@ def resolve_paths(recipe: Recipe, run_dir: Path | None) -> Recipe:
 
 def _parse_value(text: str) -> Any:
     """Parse a command-line value the way YAML would (numbers, booleans, null, lists)."""
+    for kind in (int, float):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return kind(text)
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -320,9 +325,13 @@ def check_overrides(trainer: str, keys: list[str]) -> None:
         elif found != missing:
             continue
         valid = valid or _all_keys(cfg)
-        near = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+        siblings = [k for k in valid if k.rpartition(".")[0] == parent]
+        by_leaf = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=3, cutoff=0.6)
+        near = [f"{parent}.{x}" if parent else x for x in by_leaf]
+        near += [k for k in difflib.get_close_matches(key, valid, n=3, cutoff=0.6) if k not in near]
         if not near and leaf:
-            near = [k for k in valid if k.endswith("." + leaf)][:3]
+            near = [k for k in valid if k.endswith("." + leaf)]
+        near = near[:3]
         errors.append(f"unknown verl key {raw_key!r} for the {trainer} trainer; nearest valid: {near or 'none'}")
     if errors:
         raise RecipeError("\n".join(errors) + "\n(prefix a key with + to add one inside a mapping verl leaves open)")

@@ -1,0 +1,150 @@
+"""Recipes: loading, overrides checked against verl's real Hydra config, the exact command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medrl.training import recipes as R
+
+RECIPES = sorted(p.stem for p in (R.REPO_ROOT / "recipes").glob("*.yaml"))
+
+
+def _args(cmd: list[str]) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in cmd if "=" in a and not a.startswith("--"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_builds_a_checked_command(name, tmp_path):
+    recipe = R.resolve_paths(R.load_recipe(name), tmp_path)
+    for stage in recipe.stages:
+        cmd = R.build_command(recipe, stage, tmp_path / stage.name, model_path="/models/m")
+        module = "verl.trainer.main_ppo" if stage.trainer == "ppo" else "verl.trainer.sft_trainer"
+        assert module in cmd
+        args = _args(cmd)
+        assert args["trainer.resume_mode"] == "auto"
+        assert args["trainer.default_local_dir"] == str(tmp_path / stage.name / "checkpoints")
+
+
+def test_required_recipes_exist():
+    for name in ("cpu_tiny", "sft_warmup", "grpo_grounding", "grpo_report", "grpo_enhanced", "ppo_critic", "grpo_lora"):
+        assert name in RECIPES
+
+
+def test_cpu_recipe_carries_the_cpu_settings(tmp_path):
+    recipe = R.resolve_paths(R.load_recipe("cpu_tiny"), tmp_path)
+    sft, grpo = recipe.stages
+    a = _args(R.build_command(recipe, grpo, tmp_path / "grpo", model_path=str(tmp_path / "sft/merged")))
+    assert a["actor_rollout_ref.rollout.name"] == "hf"
+    assert a["actor_rollout_ref.model.use_remove_padding"] == "False"
+    assert a["+actor_rollout_ref.model.override_config.attn_implementation"] == "sdpa"
+    assert a["+ray_kwargs.ray_init.num_gpus"] == "2"
+    assert a["transfer_queue.backend.SimpleStorage.num_data_storage_units"] == "1"
+    assert a["actor_rollout_ref.model.path"] == str(tmp_path / "sft/merged")
+    assert a["data.train_files"] == str(tmp_path / "data/train.parquet")  # ${run} expanded
+    assert a["+reward.custom_reward_function.reward_kwargs.spec"].endswith("recipes/rewards/grounding.yaml")
+    assert Path(a["reward.custom_reward_function.path"]).is_file()
+    cmd = R.build_command(recipe, sft, tmp_path / "sft", model_path="/m")
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert _args(cmd)["engine.strategy"] == "fsdp2"
+
+
+def test_gpu_recipes_freeze_the_vision_tower_and_lora_excludes_it(tmp_path):
+    a = _args(R.build_command(R.load_recipe("grpo_grounding"), R.load_recipe("grpo_grounding").stage(), tmp_path))
+    assert a["actor_rollout_ref.actor.freeze_vision_tower"] == "True"
+    assert a["actor_rollout_ref.rollout.name"] == "vllm"
+    lora = R.load_recipe("grpo_lora")
+    b = _args(R.build_command(lora, lora.stage(), tmp_path))
+    assert b["actor_rollout_ref.model.lora_rank"] == "64"
+    assert "visual" in b["actor_rollout_ref.model.exclude_modules"]
+
+
+def test_overrides_reach_the_right_place(tmp_path):
+    recipe = R.load_recipe("cpu_tiny")
+    r = R.apply_overrides(
+        recipe,
+        ["trainer.total_training_steps=2", "sft.optim.lr=1e-4", "model=/my/model", "data.train=/d/t.parquet",
+         "+actor_rollout_ref.model.override_config.rope_theta=5"],
+    )
+    assert r.stage("grpo").overrides["trainer.total_training_steps"] == 2
+    assert r.stage("sft").overrides["optim.lr"] == 1e-4
+    assert r.stage("sft").overrides["trainer.total_training_steps"] == 40  # untouched
+    assert r.model == "/my/model" and r.data["train"] == "/d/t.parquet"
+    a = _args(R.build_command(r, r.stage(), tmp_path))
+    assert a["actor_rollout_ref.model.path"] == "/my/model"
+    assert a["trainer.total_training_steps"] == "2"
+    assert a["+actor_rollout_ref.model.override_config.rope_theta"] == "5"
+
+
+@pytest.mark.parametrize(
+    "key, trainer, nearest",
+    [
+        ("actor_rollout_ref.rollout.nn", "ppo", "actor_rollout_ref.rollout.n"),
+        ("trainer.total_training_step", "ppo", "trainer.total_training_steps"),
+        ("algorithm.adv_estimater", "ppo", "algorithm.adv_estimator"),
+        ("optim.lr_warmup_step_ratio", "sft", "optim.lr_warmup_steps_ratio"),
+        ("trainer.devise", "sft", "trainer.device"),
+        ("+actor_rollout_ref.modle.foo", "ppo", "actor_rollout_ref.model"),
+    ],
+)
+def test_unknown_keys_fail_with_nearest_names(key, trainer, nearest):
+    with pytest.raises(R.RecipeError) as err:
+        R.check_overrides(trainer, [key])
+    assert f"'{key}'" in str(err.value) and nearest in str(err.value)
+
+
+def test_known_and_added_keys_pass():
+    R.check_overrides("ppo", ["actor_rollout_ref.rollout.name", "actor_rollout_ref.rollout.n",
+                              "+reward.custom_reward_function.reward_kwargs.spec", "+ray_kwargs.ray_init.num_gpus"])
+    R.check_overrides("sft", ["engine.strategy", "+model.override_config.attn_implementation"])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model: m\ndata: {}\n", "missing required key 'stages'"),
+        ("model: m\ndata: {}\nstages: [{trainer: dpo}]\n", "trainer must be one of"),
+        ("model: m\ndata: {}\nstages: [{trainer: ppo, init_from: sft}]\n", "not an earlier stage"),
+        ("model: m\ndata: {}\ndevice: tpu\nstages: [{trainer: ppo}]\n", "device must be"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+)
+def test_bad_recipes_name_the_file_and_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(R.RecipeError) as err:
+        R.load_recipe(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_unknown_recipe_suggests_names():
+    with pytest.raises(R.RecipeError, match="cpu_tiny"):
+        R.load_recipe("cpu_tiyn")
+
+
+def test_hydra_value_formatting():
+    assert R._fmt(["console", "file"]) == "[console,file]"
+    assert R._fmt(True) == "True" and R._fmt(None) == "null" and R._fmt(1e-6) == "1e-06"
+    assert R._fmt(".*visual.*") == "'.*visual.*'"
+    assert R._fmt("a b") == "'a b'"
+
+
+def _medrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medrl.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(R.REPO_ROOT / "src")}, timeout=120)
+
+
+def test_cli_dry_run_prints_the_command_and_unknown_key_fails(tmp_path):
+    ok = _medrl("train", "cpu_tiny", "trainer.total_training_steps=2", "--dry-run", "--out", str(tmp_path), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "verl.trainer.main_ppo" in ok.stdout and "trainer.total_training_steps=2" in ok.stdout
+    assert not (tmp_path / "manifest.json").exists()  # a dry run writes nothing
+    bad = _medrl("train", "cpu_tiny", "actor_rollout_ref.rollout.nn=3", "--dry-run", "--out", str(tmp_path), cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "actor_rollout_ref.rollout.n" in bad.stderr
+    sft = _medrl("pipeline", "cpu_tiny", "--dry-run", "--out", str(tmp_path), cwd=tmp_path)
+    assert sft.returncode == 0 and "verl.trainer.sft_trainer" in sft.stdout and "main_ppo" in sft.stdout
