@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medrl.rewards import bleu, compose, enhanced, format as fmt, iou, vqa
+from medrl.rewards import bleu, change, compose, enhanced, format as fmt, iou, vqa
 
 verl_reward = pytest.importorskip("verl.trainer.ppo.reward")
 from verl import DataProto  # noqa: E402
@@ -32,6 +32,11 @@ ROWS = [
     ("medrl/vqa", "B) effusion", "A", {}),
 ]
 GROUNDING = [r for r in ROWS if r[0] == "medrl/grounding"]
+CHANGE = [
+    ("medrl/change_action", "<answer>[0.30, 0.40, 0.20]</answer>", "[0.3, 0.4, 0.2]", {}),
+    ("medrl/change_action", "<answer>[0.90, 0.90, 0.05]</answer>", "[0.3, 0.4, 0.2]", {}),
+    ("medrl/change_grounding", "<answer>[0.2, 0.3, 0.4, 0.5]</answer>", "[[0.2,0.3,0.4,0.5]]", {}),
+]
 REPORT = [r for r in ROWS if r[0] == "medrl/report"]
 
 
@@ -105,6 +110,7 @@ def check(outs, rm_scores, want):
     ("enhanced_medical_reward.py", enhanced, GROUNDING),
     ("bleu_reward.py", bleu, REPORT),
     ("format_reward.py", fmt, ROWS),
+    ("change_reward.py", change, CHANGE),
 ])
 def test_single_reward_files(repo_root, tokenizer, fname, module, rows):
     outs, rm = run_reward_loop(verl_config(str(repo_root / "custom_reward" / fname), "compute_score"), rows, tokenizer)
@@ -123,12 +129,12 @@ def test_iou_file_scores(repo_root, tokenizer):
 @pytest.mark.parametrize("name", ["compute_score", "compute_score_async"])
 def test_composed_reward_files_route_mixed_batch(repo_root, tokenizer, fname, name):
     path = repo_root / "custom_reward" / fname
-    if name == "compute_score_async" and fname == "reward_config.py":
-        pytest.skip("reward_config.py exposes the sync entry only")
     spec = {"routes": {"medrl/grounding": {"iou": 0.9, "format": 0.1}, "medrl/report": {"bleu": 1.0},
                        "medrl/vq*": {"vqa": 1.0}}}
     outs, rm = run_reward_loop(verl_config(str(path), name, spec=json.dumps(spec)), ROWS, tokenizer)
     check(outs, rm, expected(compose.compute_score, ROWS, spec=spec))
+    outs, rm = run_reward_loop(verl_config(str(path), name), ROWS + CHANGE, tokenizer)  # default routes
+    check(outs, rm, expected(compose.compute_score, ROWS + CHANGE))
     by_source = {r[0]: [] for r in ROWS}
     for r, o in zip(ROWS, outs):
         by_source[r[0]].append(o["reward_score"])
@@ -174,5 +180,5 @@ def test_judge_file_through_reward_loop(repo_root, tokenizer, name, monkeypatch)
 def test_every_custom_reward_file_is_covered(repo_root):
     files = {p.name for p in (repo_root / "custom_reward").glob("*.py")}
     covered = {"iou_reward.py", "enhanced_medical_reward.py", "bleu_reward.py", "format_reward.py",
-               "medrl_reward.py", "reward_config.py", "judge_reward.py"}
+               "medrl_reward.py", "reward_config.py", "judge_reward.py", "change_reward.py"}
     assert files == covered, f"a reward file has no verl loading test: {files - covered}"

@@ -17,8 +17,9 @@ row of a spec: `score`, then for each reward used anywhere in the spec its score
 under its name and its other keys as `name/key` (0.0 where the row's route does
 not use that reward), because verl needs identical keys across a batch.
 
-Default routes (`DEFAULT_SPEC`): grounding -> 0.9 IoU + 0.1 format, report ->
-0.9 BLEU + 0.1 format, VQA -> VQA accuracy. The small format term rewards the
+Default routes (`DEFAULT_SPEC`): grounding (also change_grounding) -> 0.9 IoU +
+0.1 format, report (also change_caption) -> 0.9 BLEU + 0.1 format, VQA -> VQA
+accuracy, change_action -> the change action-vector reward. The small format term rewards the
 think/answer layout without outweighing the task; it is a constant offset for a
 policy never asked to think, which GRPO's group baseline removes.
 """
@@ -83,6 +84,7 @@ BUILTIN_REWARDS = {
     "vqa": "medrl.rewards.vqa",
     "enhanced": "medrl.rewards.enhanced",
     "judge": "medrl.rewards.judge",
+    "change": "medrl.rewards.change",
 }
 _REGISTRY: dict[str, RewardEntry] = {}
 
@@ -92,6 +94,7 @@ DEFAULT_SPEC: dict = {
         "medrl/change_grounding": {"iou": 0.9, "format": 0.1},
         "medrl/report": {"bleu": 0.9, "format": 0.1},
         "medrl/change_caption": {"bleu": 0.9, "format": 0.1},
+        "medrl/change_action": {"change": 1.0},
         "medrl/vqa": {"vqa": 1.0},
     },
     "kwargs": {},

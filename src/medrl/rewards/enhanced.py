@@ -55,7 +55,7 @@ _WARNED: set = set()
 _BOUNDARY = {".", ";", "!", "?", "\n", "but", "however"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: the reference-scan cache keys on it
 class Knowledge:
     """The knowledge base: region weights/zones, abnormality severities, and a term index."""
 
@@ -173,6 +173,12 @@ def find_mentions(text: str, kb: Knowledge, max_words: int = 3000) -> Mentions:
     return m
 
 
+@lru_cache(maxsize=4096)
+def _reference_mentions(text: str, kb: Knowledge) -> Mentions:
+    # The samples of one prompt share their reference: scan it once.
+    return find_mentions(text, kb)
+
+
 def box_region(box: Sequence[float], kb: Knowledge) -> str:
     """The anatomical zone that contains the centre of a [0, 1] box."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -182,15 +188,17 @@ def box_region(box: Sequence[float], kb: Knowledge) -> str:
     return kb.default_region
 
 
-def spatial_part(pred: Sequence[Box], true: Sequence[Box], no_finding: bool, kb: Knowledge) -> float:
-    """Anatomy-weighted matched IoU (see the module rule)."""
+def spatial_part(pred: Sequence[Box], true: Sequence[Box], no_finding: bool, kb: Knowledge,
+                 pairs: Sequence[tuple[int, int, float]] | None = None) -> float:
+    """Anatomy-weighted matched IoU (see the module rule); `pairs` reuses a matching already made."""
     if not true:
         return 0.0 if pred else (1.0 if no_finding else 0.5)
     if not pred:
         return 0.0
     w_true = [kb.region_weight[box_region(b, kb)] for b in true]
     w_pred = [kb.region_weight[box_region(b, kb)] for b in pred]
-    pairs = match_boxes(pred, true)
+    if pairs is None:
+        pairs = match_boxes(pred, true)
     matched_pred = {p for p, _, _ in pairs}
     num = sum(w_true[t] * v for _, t, v in pairs)
     den = sum(w_true) + sum(w for k, w in enumerate(w_pred) if k not in matched_pred)
@@ -276,7 +284,7 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
     answer, _ = answer_section(solution_str)
     true = truth_boxes(ground_truth)
     width, height, min_px, max_px = image_geometry(extra_info, kwargs)
-    base, pred = score_answer(answer, true, box_convention, width, height, min_px, max_px)
+    base, pred, pairs = score_answer(answer, true, box_convention, width, height, min_px, max_px)
     no_finding = bool(base["no_finding"])
     parts: dict[str, float] = {}
     fallbacks = 0
@@ -291,13 +299,13 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
         if kb is not None:
             ans = find_mentions(answer, kb)
             ref_text = reference_from(extra_info)
-            ref = find_mentions(ref_text, kb) if ref_text else None
+            ref = _reference_mentions(ref_text[:20_000], kb) if ref_text else None
     except PART_ERRORS as exc:
         logger.debug("enhanced reward: reading the terms failed (%s); every part uses IoU", exc)
         kb = None
     if kb is not None:
         jobs = {
-            "spatial": lambda: spatial_part(pred, true, no_finding, kb),
+            "spatial": lambda: spatial_part(pred, true, no_finding, kb, pairs),
             "semantic": lambda: semantic_part(ans, ref, true, no_finding, kb),
             "reasoning": lambda: reasoning_part(extract_think(solution_str), kb),
             "clinical": lambda: clinical_part(answer, ans, true, no_finding, kb),

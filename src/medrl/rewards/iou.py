@@ -73,28 +73,29 @@ def predicted_boxes(answer: str, convention: str = "auto", width: float | None =
     return boxes, unplaced
 
 
-def matched_iou(pred: Sequence[Box], true: Sequence[Box], n_pred: int | None = None) -> tuple[float, int]:
-    """(sum of matched IoUs / max(#true, #pred), number of matched pairs); 0 when both are empty.
+def matched_iou(pred: Sequence[Box], true: Sequence[Box],
+                n_pred: int | None = None) -> tuple[float, list[tuple[int, int, float]]]:
+    """(sum of matched IoUs / max(#true, #pred), the matched pairs); 0 when both are empty.
 
     `n_pred` overrides the predicted count (boxes that were drawn but could not be placed).
     """
     denom = max(len(pred) if n_pred is None else n_pred, len(true))
     if denom == 0:
-        return 0.0, 0
+        return 0.0, []
     pairs = match_boxes(pred, true)
     value = sum(v for _, _, v in pairs) / denom
     if not math.isfinite(value):
-        return 0.0, 0
-    return min(1.0, max(0.0, value)), len(pairs)
+        return 0.0, []
+    return min(1.0, max(0.0, value)), pairs
 
 
 def score_answer(answer: str, true: Sequence[Box], convention: str = "auto", width: float | None = None,
                  height: float | None = None, min_pixels: int | None = None, max_pixels: int | None = None,
-                 no_finding_score: float = NO_FINDING_SCORE) -> tuple[dict, list[Box]]:
-    """The IoU result (keys `KEYS`) of an answer section, and its predicted boxes in [0, 1]."""
+                 no_finding_score: float = NO_FINDING_SCORE) -> tuple[dict, list[Box], list]:
+    """The IoU result (keys `KEYS`) of an answer section, its predicted boxes in [0, 1], and the matched pairs."""
     pred, unplaced = predicted_boxes(answer, convention, width, height, min_pixels, max_pixels)
     n_pred = len(pred) + unplaced  # a box we cannot place is still a box the model drew
-    value, n_matched = matched_iou(pred, true, n_pred)
+    value, pairs = matched_iou(pred, true, n_pred)
     no_finding = n_pred == 0 and states_no_finding(answer)
     if not true:
         score = min(1.0, max(0.0, float(no_finding_score))) if no_finding else 0.0
@@ -105,11 +106,11 @@ def score_answer(answer: str, true: Sequence[Box], convention: str = "auto", wid
         "iou": value,
         "n_pred": float(n_pred),
         "n_true": float(len(true)),
-        "n_matched": float(n_matched),
+        "n_matched": float(len(pairs)),
         "parsed": 1.0 if (n_pred or no_finding) else 0.0,
         "no_finding": 1.0 if no_finding else 0.0,
     }
-    return result, pred
+    return result, pred, pairs
 
 
 def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
