@@ -99,3 +99,14 @@ def test_async_and_batch_agree_with_sync():
     assert all(tuple(r) == compose.load_spec(None).keys for r in sync)
     assert sync[0]["iou/n_pred"] == 1.0 and sync[1]["iou/n_pred"] == 0.0  # absent reward: keys kept, 0.0
     assert iou.KEYS[0] == "score"
+
+
+def test_spec_from_hydra_reward_kwargs():
+    """`+reward.custom_reward_function.reward_kwargs.spec={...}` reaches the reward as an OmegaConf mapping."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"spec": {"routes": {"medrl/grounding": [{"name": "iou", "weight": 1.0}]},
+                                     "kwargs": {"iou": {"no_finding_score": 0.5}}}})
+    kwargs = dict(cfg)  # what verl's get_custom_reward_fn does with reward_kwargs
+    res = compose.compute_score("medrl/grounding", "No abnormalities.", "[]", {}, **kwargs)
+    assert res["score"] == pytest.approx(0.5)
