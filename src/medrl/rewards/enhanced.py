@@ -2,7 +2,7 @@
 
 score = w_spatial * spatial + w_semantic * semantic + w_reasoning * reasoning + w_clinical * clinical,
 weights 0.4/0.3/0.2/0.1 for rows with true boxes and 0.3/0.4/0.2/0.1 for no-finding rows
-(kwargs `weights` / `weights_no_finding` override). Every part is in [0, 1], so is the score.
+(kwargs `weights` / `weights_no_finding` override; normalised to sum 1). Every part is in [0, 1], so is the score.
 
 - spatial: Hungarian-matched IoU where each box counts with the importance weight of
   the anatomical zone holding its centre (knowledge.yaml): sum(w_true * IoU) /
