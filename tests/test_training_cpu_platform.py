@@ -1,0 +1,68 @@
+"""medrl's CPU platform as verl sees it, in a fresh process started with medrl's run environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from medrl.training.cpu_platform import dedupe_backend
+from medrl.training.env import BACKEND_MODULE, run_env
+
+
+def test_run_env_selects_the_cpu_backend_without_touching_the_callers_environment():
+    base = {"PATH": "/bin", "VERL_USE_EXTERNAL_MODULES": "my.plugin"}
+    env = run_env("cpu", base)
+    assert env["VERL_USE_EXTERNAL_MODULES"] == f"my.plugin,{BACKEND_MODULE}"
+    assert env["VERL_PLATFORM"] == "cpu" and env["WANDB_MODE"] == "disabled"
+    assert base == {"PATH": "/bin", "VERL_USE_EXTERNAL_MODULES": "my.plugin"}
+    gpu = run_env("gpu", {"PATH": "/bin"})
+    assert "VERL_PLATFORM" not in gpu  # GPU hosts keep verl's own detection
+    assert gpu["VERL_USE_EXTERNAL_MODULES"] == BACKEND_MODULE  # the "hf" rollout stays available
+    assert run_env("cpu", env)["VERL_USE_EXTERNAL_MODULES"].count(BACKEND_MODULE) == 1
+
+
+def test_dedupe_backend():
+    assert dedupe_backend("cpu:gloo,cpu:gloo") == "cpu:gloo"
+    assert dedupe_backend("cpu:gloo,cuda:nccl") == "cpu:gloo,cuda:nccl"
+    assert dedupe_backend("gloo") == "gloo" and dedupe_backend(None) is None
+
+
+PROBE = textwrap.dedent(
+    """
+    import json, os, torch, torch.distributed as dist
+    import verl  # imports medrl.training.cpu_backend through VERL_USE_EXTERNAL_MODULES
+    from verl.utils.device import get_device_name, get_nccl_backend, get_resource_name, get_torch_device
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.rollout.base import get_rollout_class
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+    from verl.utils.distributed import initialize_global_process_group
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
+    initialize_global_process_group()  # builds "cpu:gloo,cpu:gloo"
+    t = torch.ones(2)
+    dist.all_reduce(t)
+    dev = get_torch_device()
+    print(json.dumps({
+        "device": get_device_name(), "backend": get_nccl_backend(), "ray": get_resource_name(),
+        "engine": EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__,
+        "critic": EngineRegistry.get_engine_cls("value_model", "fsdp2").__name__,
+        "adapter": get_rollout_class("hf", "async").__name__,
+        "replica": RolloutReplicaRegistry.get("hf").__name__,
+        "reduced": t.tolist(), "mem": dev.mem_get_info()[1] > 0, "available": dev.is_available(),
+    }))
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_verl_sees_the_cpu_platform_engines_and_rollout():
+    out = subprocess.run([sys.executable, "-c", PROBE], env=run_env("cpu"), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["device"] == "cpu" and got["backend"] == "gloo" and got["ray"] == "GPU"
+    assert got["engine"] == "CPUFSDPEngineWithLMHead" and got["critic"] == "CPUFSDPEngineWithValueHead"
+    assert got["adapter"] == "HFServerAdapter" and got["replica"] == "HFReplica"
+    assert got["reduced"] == [1.0, 1.0] and got["mem"] and got["available"] is False
