@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -88,10 +89,11 @@ KEY_METRICS = ("critic/score/mean", "actor/kl_loss", "actor/grad_norm", "train/l
 
 def _short_step_line(line: str) -> str:
     """Reduce verl's long `step:N - k:v - ...` console line to the figures worth watching."""
-    text = line.split(")", 1)[-1].strip() if line.startswith("\x1b") or line.startswith("(") else line.strip()
+    found = re.search(r"step:\d+ - .*", line)
+    if not found:
+        return line.strip()[:200]
+    text = re.sub(r"np\.\w+\(([^)]*)\)", r"\1", found.group(0).strip())  # np.float64(0.5) -> 0.5
     parts = [p.strip() for p in text.split(" - ")]
-    if not parts or not parts[0].startswith("step:"):
-        return text[:200]
     keep = [parts[0]] + [p for p in parts[1:] if p.split(":", 1)[0] in KEY_METRICS or p.startswith("val-core/")]
     return " - ".join(keep)
 

@@ -108,7 +108,7 @@ def write_summary(run_dir: Path, manifest: dict[str, Any], rl_stage: str | None 
             for key in ("actor/kl_loss", "actor/grad_norm", "training/rollout_probs_diff_max"):
                 if key in last:
                     lines.append(f"- {key} (last step): {float(last[key]):.3g}")
-            for key in sorted(k for d in steps.values() for k in d if k.startswith("val-core/")):
+            for key in sorted({k for d in steps.values() for k in d if k.startswith("val-core/")}):
                 vx, vy = _series(steps, key)
                 if vy:
                     lines.append(f"- {key}: " + ", ".join(f"step {x}: {y:.3f}" for x, y in zip(vx, vy)))
