@@ -176,3 +176,11 @@ def test_mixed_rows_load_in_verl_and_pass_check(mixed, tiny_model_dir):
     items = load_with_verl(tmp / "a/train.parquet", tiny_model_dir)
     assert Counter(n_images(i) for i in items) == {1: 16, 2: 4}
     check_clean(tmp / "a/train.parquet", tiny_model_dir)
+
+
+def test_verl_parquet_in_the_other_image_mode_is_named(tmp_path, mixed):
+    tmp, _ = mixed
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(yaml.safe_dump({"verl": {"dataset_names": {"old": [str(tmp / "a/train.parquet")]}}}))
+    with pytest.raises(MixError, match=r"group 'old': a row of .*train.parquet does not fit"):
+        mix(cfg, tmp_path / "v.parquet", image_mode="ref", progress=False)

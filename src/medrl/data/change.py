@@ -20,6 +20,7 @@ Every row carries the action vector in ``extra_info["action"]`` (null for no cha
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -113,7 +114,8 @@ def _image_spec(value: Any, out_dir: Path | None, name: str, mode: str) -> Any:
         if not (path and Path(path).is_absolute() and Path(path).is_file()):
             from medrl.atomic import atomic_path
 
-            target = (out_dir or Path(".")) / "images" / f"{name}.png"
+            safe = re.sub(r"[^\w.-]+", "_", name)  # ids may hold slashes or spaces
+            target = (out_dir or Path(".")) / "images" / f"{safe}.png"
             if not target.is_file():
                 with atomic_path(target) as tmp:
                     tmp.write_bytes(bytes(value["bytes"]))

@@ -220,11 +220,18 @@ def _verl_rows(path: str) -> Iterator[dict]:
         yield from batch.to_pylist()
 
 
-def convert_group(group: Group, rec: RecordOptions, length: LengthOptions, tmp: Path, out_dir: Path,
-                  log: RejectLog) -> tuple[Path, dict]:
-    """Convert a group's sliced lines into a temporary parquet; returns (path, counts)."""
+def _check_foreign(row: dict, mode: str) -> None:
+    """A passed-through verl row must carry its images the way this mix stores them (else nulls would hide it)."""
+    key = "image" if mode == "ref" else "bytes"
+    for img in row.get("images") or []:
+        if not isinstance(img, dict) or not img.get(key):
+            raise pa.ArrowInvalid(f"image entry without {key!r}: keys {sorted(img) if isinstance(img, dict) else img}")
+
+
+def convert_group(group: Group, rec: RecordOptions, length: LengthOptions, target: Path, out_dir: Path,
+                  log: RejectLog) -> dict:
+    """Convert a group's sliced lines into the parquet `target`; returns the counts."""
     schema = format_rl_schema(group.images.mode)
-    target = tmp / f"group_{len(list(tmp.iterdir()))}.parquet"
     line = 0
     counts = Counter()
     with RowGroupWriter(target, schema, 256) as w:
@@ -256,9 +263,16 @@ def convert_group(group: Group, rec: RecordOptions, length: LengthOptions, tmp: 
                     continue
                 for row in rows:
                     row["extra_info"] = {**(row.get("extra_info") or {}), "mix_group": group.name}
-                    w.write(row)
+                    try:
+                        if build is None:  # a foreign row that does not fit the schema fails here, by name
+                            _check_foreign(row, group.images.mode)
+                            pa.Table.from_pylist([row], schema=schema)
+                        w.write(row)
+                    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
+                        raise MixError(f"group {group.name!r}: a row of {ds.path} does not fit medrl's RL schema "
+                                       f"(images in {group.images.mode!r} mode?): {exc}") from exc
     counts["rows"] = w.rows_written
-    return target, dict(counts)
+    return dict(counts)
 
 
 def allocate(weights: list[float], available: list[int], total: int | None) -> list[int]:
@@ -316,8 +330,9 @@ def mix(config: str | Path, output: str | Path, total: int | None = None, seed: 
     stats = []
     with tempfile.TemporaryDirectory(prefix=".mix-", dir=output.parent) as tmpdir, RejectLog(log_path) as log:
         tmp = Path(tmpdir)
-        for g in tqdm(groups, desc="mix: convert groups", unit=" group", disable=not progress):
-            path, counts = convert_group(g, record, length, tmp, output.parent, log)
+        for k, g in enumerate(tqdm(groups, desc="mix: convert groups", unit=" group", disable=not progress)):
+            path = tmp / f"group_{k}.parquet"
+            counts = convert_group(g, record, length, path, output.parent, log)
             if counts.get("rows", 0) == 0 and g.weight > 0 and g.mandatory:
                 raise MixError(f"{config}: group {g.name!r} (is_mandatory) produced no rows "
                                f"({counts.get('lines', 0)} lines, {counts.get('rejected', 0)} rejected)")
