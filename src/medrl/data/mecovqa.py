@@ -38,6 +38,10 @@ EMPTY_MASK = "mask has no region above the minimum area"
 _MASK_RE = re.compile(r"<mask>\s*(.*?)\s*</mask>", re.S | re.I)
 _REGION_RE = re.compile(r"<region>\s*(.*?)\s*</region>", re.S | re.I)
 _SEG_RE = re.compile(r"\[SEG\]|<SEG>", re.I)
+# SFT reasoning text per kind (the LLaVA defaults speak of chest X-rays; SA-Med2D is every modality).
+SFT_THINK = {"complex": "I look at the whole image and what the question asks about.",
+             "region": "I look at the region the question names.",
+             "grounding": "I look for the structure the question names and outline each part of it."}
 
 
 @dataclass(frozen=True)
@@ -181,8 +185,8 @@ def build_meco_rows(item: SourceRecord, meco: MecoOptions, rec_opts: RecordOptio
             raise RejectError("mecovqa: region record without <region>...</region>")
     else:
         task = meco.complex_task
-    opts = replace(rec_opts, task=task,
-                   data_source=rec_opts.data_source or DEFAULT_DATA_SOURCE[task])
+    opts = replace(rec_opts, task=task, data_source=rec_opts.data_source or DEFAULT_DATA_SOURCE[task],
+                   sft_think=rec_opts.sft_think if rec_opts.sft_think is not None else SFT_THINK[kind])
     return with_extra(build_rows(rec, item.source, item.position, opts), **extra)
 
 
