@@ -30,7 +30,7 @@ from medrl.boxes import BoxError, check_box, format_boxes, to_norm1
 from medrl.data import rejects
 from medrl.data.convert import ConvertOptions
 from medrl.data.format_pipeline import iter_sources, run_pipeline
-from medrl.data.images import ImageOptions, load_image
+from medrl.data.images import load_image
 from medrl.data.readers import SourceRecord
 from medrl.data.records import IMAGE_TOKEN, RecordResult
 from medrl.data.rejects import Reject, RejectError
