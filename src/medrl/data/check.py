@@ -206,7 +206,7 @@ def print_report(report: dict, as_json: bool = False) -> None:
         console.print(f"[bold green]OK[/]: {report['file']}: {report['rows']} rows, no problem found")
         return
     t = Table(title=f"medrl check {report['file']} ({report['rows']} rows)", title_style="bold red")
-    t.add_column("problem")
+    t.add_column("problem", no_wrap=True)
     t.add_column("rows", justify="right")
     t.add_column("which (row: id)")
     t.add_column("example")

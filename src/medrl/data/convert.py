@@ -215,9 +215,11 @@ def convert(opts: ConvertOptions) -> dict:
 
     writers: dict[str, RowGroupWriter] = {}
     sft_writers: dict[str, RowGroupWriter] = {}
+    # The rejects file is published even when --strict discards the parquet outputs.
+    log_ctx = RejectLog(rejects_path)
+    log = log_ctx.__enter__()
     try:
         with contextlib.ExitStack() as stack:
-            log = stack.enter_context(RejectLog(rejects_path))
             for split, name in names.items():
                 writers[split] = stack.enter_context(
                     RowGroupWriter(out_dir / name, rl_schema(image_mode), opts.row_group_size))
@@ -260,6 +262,10 @@ def convert(opts: ConvertOptions) -> dict:
                 raise StrictFailure(f"--strict: {log.total} record(s) rejected; no parquet written")
     except StrictFailure as exc:
         failed = str(exc)
+    except BaseException as exc:
+        log_ctx.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    log_ctx.__exit__(None, None, None)
 
     seconds = time.perf_counter() - t0
     summary = {

@@ -1,0 +1,164 @@
+"""The conversion pipeline end to end: every bad record counted once with its reason, nothing else lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from medrl.data.convert import ConvertOptions, convert, val_score
+from medrl.data.images import ImageOptions
+from medrl.data.records import RecordOptions
+from medrl.data.rejects import read_rejects
+
+
+def _png(path: Path, size=(64, 48)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", size, 30).save(path)
+
+
+def _rec(i, answer="There is a nodule located at the coordinates [0.1, 0.2, 0.3, 0.4].", image=None, **kw):
+    return {"id": f"g{i}", "image": image or f"img/{i}.png", "dataset": kw.pop("dataset", "vindr-cxr"),
+            "conversations": [{"from": "human", "value": "<image>\nLocate the nodule."},
+                              {"from": "gpt", "value": answer}], **kw}
+
+
+@pytest.fixture()
+def bad_corpus(tmp_path):
+    """Ten good records, one of each bad kind, and a JSON array truncated inside its last record."""
+    root = tmp_path / "data"
+    good = [_rec(i) for i in range(10)]
+    for i in range(10):
+        _png(root / f"img/{i}.png")
+    _png(root / "img/corrupt_src.png")
+    (root / "img/corrupt.png").write_bytes((root / "img/corrupt_src.png").read_bytes()[:70])
+    bad = [
+        {"id": "b-noconv", "image": "img/0.png"},
+        _rec("b-missing", image="img/does_not_exist.png"),
+        _rec("b-corrupt", image="img/corrupt.png"),
+        _rec("b-three", image="img/0.png", answer="located at the coordinates [0.1, 0.2, 0.3]"),
+        _rec("b-nan", image="img/0.png", answer="located at the coordinates [0.1, NaN, 0.3, 0.4]"),
+        _rec("b-swap", image="img/0.png", answer="located at the coordinates [0.5, 0.2, 0.3, 0.4]"),
+    ]
+    records = good[:5] + bad + good[5:]
+    text = json.dumps(records + [_rec("b-trunc")], indent=1)
+    text = text[: text.rindex('"id": "gb-trunc"') + 8]  # cut inside the last record
+    path = root / "all_train_llava.json"
+    path.write_text(text)
+    return path
+
+
+EXPECTED = {
+    "invalid JSON": 1,
+    "no conversations": 1,
+    "image not found": 1,
+    "unreadable image": 1,
+    "box with 3 numbers": 1,
+    "box with NaN or infinite coordinate": 1,
+    "box with x2 < x1 or y2 < y1": 1,
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_bad_record_is_counted_once_and_every_good_one_written(bad_corpus, tmp_path, workers):
+    out = tmp_path / f"out{workers}"
+    s = convert(ConvertOptions(inputs=[str(bad_corpus)], output_dir=str(out), workers=workers, progress=False))
+    assert s["rejects_by_reason"] == EXPECTED
+    assert s["rejected"] == 7 and s["records_converted"] == 10 and s["records_read"] == 17
+    table = pq.read_table(out / "train.parquet")
+    assert sorted(r["id"] for r in table.column("extra_info").to_pylist()) == sorted(f"g{i}" for i in range(10))
+    assert [r["index"] for r in table.column("extra_info").to_pylist()] == list(range(10))
+    rej = read_rejects(out / "rejects.jsonl")
+    assert {r["reason"] for r in rej} == set(EXPECTED)
+    by_reason = {r["reason"]: r for r in rej}
+    assert by_reason["invalid JSON"]["offset"] == bad_corpus.stat().st_size
+    assert by_reason["unreadable image"]["id"] == "gb-corrupt"
+    assert by_reason["box with 3 numbers"]["position"] == 8
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["rejects_by_reason"] == EXPECTED and saved["rows_written"] == {"train": 10}
+
+
+def test_pixel_box_without_any_known_size_is_its_own_reason(tmp_path):
+    _png(tmp_path / "img/0.png")
+    _png(tmp_path / "img/1.png")
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([_rec(0), _rec(1, answer="located at the coordinates [12, 8, 40, 30]")]))
+    opts = ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / "o"), progress=False,
+                          record=RecordOptions(images=ImageOptions(mode="ref", verify=False)))
+    s = convert(opts)
+    assert s["rejects_by_reason"] == {"coordinates above 1 with no known image size": 1}
+    assert s["rows_written"] == {"train": 1}
+
+
+def test_strict_fails_and_publishes_no_parquet(bad_corpus, tmp_path):
+    out = tmp_path / "strict"
+    s = convert(ConvertOptions(inputs=[str(bad_corpus)], output_dir=str(out), strict=True, progress=False))
+    assert s["strict_failure"] and s["rejected"] == 7
+    assert not (out / "train.parquet").exists()
+    assert (out / "rejects.jsonl").exists() and (out / "summary.json").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def _corpus(tmp_path, n=60):
+    for i in range(3):
+        _png(tmp_path / f"img/{i}.png")
+    recs = [_rec(i, image=f"img/{i % 3}.png", dataset=("vindr-cxr" if i % 2 else "mimic-cxr")) for i in range(n)]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(recs))
+    return path
+
+
+def _ids(path):
+    return [r["id"] for r in pq.read_table(path).column("extra_info").to_pylist()]
+
+
+def test_val_split_is_a_stable_function_of_the_record_id(tmp_path):
+    path = _corpus(tmp_path)
+    a = convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / "a"), val_fraction=0.3, progress=False))
+    b = convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / "b"), val_fraction=0.3, shuffle=True,
+                               seed=7, progress=False))
+    val_a, val_b = set(_ids(tmp_path / "a/val.parquet")), set(_ids(tmp_path / "b/val.parquet"))
+    assert val_a == val_b == {f"g{i}" for i in range(60) if val_score(f"g{i}") < 0.3}
+    assert 5 < len(val_a) < 35 and a["rows_written"]["train"] + a["rows_written"]["val"] == 60
+    assert b["rows_written"] == a["rows_written"]
+    assert set(_ids(tmp_path / "a/train.parquet")).isdisjoint(val_a)
+    assert {r["split"] for r in pq.read_table(tmp_path / "a/val.parquet").column("extra_info").to_pylist()} == {"val"}
+
+
+def test_dataset_filter_limit_and_seeded_sample(tmp_path):
+    path = _corpus(tmp_path)
+    s = convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / "f"), dataset_filter=["vindr-cxr"],
+                               progress=False))
+    assert s["rows_written"] == {"train": 30} and s["records_filtered"] == {"dataset_filter": 30}
+    s = convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / "l"), limit=7, progress=False))
+    assert _ids(tmp_path / "l/train.parquet") == [f"g{i}" for i in range(7)]
+    picks = []
+    for run, seed in (("s1", 3), ("s2", 3), ("s3", 4)):
+        convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / run), limit=10, shuffle=True, seed=seed,
+                               progress=False))
+        picks.append(_ids(tmp_path / f"{run}/train.parquet"))
+    assert picks[0] == picks[1] and len(picks[0]) == 10 and len(set(picks[0])) == 10
+    assert set(picks[0]) != set(picks[2])
+    assert picks[0] != sorted(picks[0], key=lambda x: int(x[1:]))  # the order is shuffled too
+
+
+def test_split_name_and_sft_outputs(tmp_path):
+    path = _corpus(tmp_path, n=8)
+    s = convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / "o"), split_name="test",
+                               record=RecordOptions(sft=True), progress=False))
+    assert s["rows_written"] == {"test": 8} and s["sft_rows_written"] == {"test": 8}
+    assert (tmp_path / "o/test.parquet").exists() and (tmp_path / "o/sft_test.parquet").exists()
+    assert (tmp_path / "o/test_summary.json").exists()
+    assert pq.read_schema(tmp_path / "o/sft_test.parquet").names[:2] == ["messages", "images"]
+
+
+def test_char_limit_rejects_long_prompts(tmp_path):
+    path = _corpus(tmp_path, n=4)
+    from medrl.data.length import LengthOptions
+
+    s = convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / "o"), progress=False,
+                               length=LengthOptions(max_prompt_chars=20)))
+    assert s["rejects_by_reason"] == {"prompt over the character limit": 4}
