@@ -186,26 +186,19 @@ def test_sample_splits_and_counts(converted):
     assert train["rejected"] == test["rejected"] == 0
 
 
-def _spec():
-    from medrl.rewards import compose
-
-    compose.register_reward("change", reward.compute_score, reward.KEYS)
-    return {"routes": {"medrl/change_grounding": {"iou": 1.0}, "medrl/change_caption": {"bleu": 1.0},
-                       "medrl/change_action": {"change": 1.0}}}
-
-
 def test_sample_rows_load_in_verl_and_pass_check(converted, tiny_model_dir):
     from medrl.rewards import compose
 
     parquet = converted / "train.parquet"
     items = load_with_verl(parquet, tiny_model_dir)
     assert len(items) == 33 and all(n_images(i) == 2 for i in items)
-    check_clean(parquet, tiny_model_dir, spec=_spec())
-    action = next(i for i in items if i["data_source"] == "medrl/change_action")
-    truth = action["reward_model"]["ground_truth"]
-    out = compose.compute_score("medrl/change_action", f"<answer>{truth}</answer>", truth,
-                                action["extra_info"], spec=_spec())
-    assert out["score"] == pytest.approx(1.0)
+    check_clean(parquet, tiny_model_dir)  # medrl's default routes cover all three change data sources
+    for source in ("medrl/change_grounding", "medrl/change_action", "medrl/change_caption"):
+        item = next(i for i in items if i["data_source"] == source)
+        truth = item["reward_model"]["ground_truth"]
+        out = compose.compute_score(source, f"<think>compare</think><answer>{truth}</answer>", truth,
+                                    item["extra_info"])
+        assert out["score"] == pytest.approx(1.0), (source, out)  # the truth itself scores 1 on every route
 
 
 def test_ref_mode_writes_image_files(sample_dir, tiny_model_dir):
