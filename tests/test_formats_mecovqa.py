@@ -154,3 +154,14 @@ def test_sample_rows_load_in_verl_and_pass_check(converted, tiny_model_dir):
     regions = [i for i in items if i["extra_info"]["task_type"] == "mecovqa_region"]
     assert regions and all(len(i["extra_info"]["region"]) == 4 for i in regions)
     check_clean(parquet, tiny_model_dir)
+
+
+def test_strict_discards_parquet_but_keeps_rejects(tmp_path):
+    item = _record(tmp_path, "grounding")  # its mask file is missing
+    (tmp_path / "meco.json").write_text(json.dumps([item.data]))
+    rc = run_cli("mecovqa", tmp_path / "meco.json", "--output_dir", tmp_path / "out", "--strict", "--no_progress")
+    assert rc == 1
+    assert not (tmp_path / "out/train.parquet").exists()
+    (rej,) = [json.loads(x) for x in (tmp_path / "out/rejects.jsonl").read_text().splitlines()]
+    assert (rej["reason"], rej["id"]) == (MASK_NOT_FOUND, "r-grounding")
+    assert json.loads((tmp_path / "out/summary.json").read_text())["strict_failure"]

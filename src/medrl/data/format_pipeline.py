@@ -89,9 +89,11 @@ def run_pipeline(items: Iterable[SourceRecord | Reject], build: Builder, opts: C
     writers: dict[str, RowGroupWriter] = {}
     sft_writers: dict[str, RowGroupWriter] = {}
     next_index: Counter = Counter()
+    # As in the LLaVA pipeline, the rejects file is published even when --strict discards the parquet.
+    log_ctx = RejectLog(rejects_path)
+    log = log_ctx.__enter__()
     try:
         with contextlib.ExitStack() as stack:
-            log = stack.enter_context(RejectLog(rejects_path))
             for split, name in names.items():
                 writers[split] = stack.enter_context(
                     RowGroupWriter(out_dir / name, format_rl_schema(mode), opts.row_group_size))
@@ -140,6 +142,10 @@ def run_pipeline(items: Iterable[SourceRecord | Reject], build: Builder, opts: C
                 raise _Strict(f"--strict: {log.total} record(s) rejected; no parquet written")
     except _Strict as exc:
         failed = str(exc)
+    except BaseException as exc:
+        log_ctx.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    log_ctx.__exit__(None, None, None)
     seconds = time.perf_counter() - t0
     summary = {
         "task": task_label,
