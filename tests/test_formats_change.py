@@ -209,3 +209,9 @@ def test_ref_mode_writes_image_files(sample_dir, tiny_model_dir):
     assert len(rows) == 4 and all(r["images"][0]["image"].startswith("file://") for r in rows)
     assert len(list((out / "images").glob("*.png"))) == 2 * 16
     check_clean(out / "test.parquet", tiny_model_dir)
+
+
+def test_not_a_saved_dataset_is_named(tmp_path):
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(ValueError, match="junk: not a datasets.save_to_disk folder"):
+        list(read_arrow(tmp_path / "junk"))

@@ -77,7 +77,7 @@ def read_arrow(path: str | Path, split: str | None = None) -> Iterator[SourceRec
     """Records of a `load_from_disk` folder (one split of a DatasetDict, or a Dataset) with undecoded images."""
     import datasets
 
-    ds = datasets.load_from_disk(str(path))
+    ds = _load(path)
     if isinstance(ds, datasets.DatasetDict):
         if split is None:
             raise ValueError(f"{path} holds splits {list(ds)}: name one")
@@ -97,8 +97,19 @@ def splits_of(path: str | Path) -> list[str] | None:
     """The split names of a saved DatasetDict, or None for a plain Dataset."""
     import datasets
 
-    ds = datasets.load_from_disk(str(path))
+    ds = _load(path)
     return list(ds) if isinstance(ds, datasets.DatasetDict) else None
+
+
+def _load(path: str | Path):
+    """`datasets.load_from_disk`, with an error that names the folder and what the reader expects."""
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, IndexError, OSError) as exc:
+        raise ValueError(f"{path}: not a datasets.save_to_disk folder of change pairs "
+                         f"(image, image2, caption, bbox): {type(exc).__name__}: {exc}") from exc
 
 
 def _image_spec(value: Any, out_dir: Path | None, name: str, mode: str) -> Any:
@@ -284,6 +295,8 @@ def write_sample(out_dir: str | Path, n_train: int = 12, n_test: int = 4, seed: 
     rng = np.random.default_rng(seed)
     cols: dict[str, dict[str, list]] = {}
     for split, n in (("train", n_train), ("test", n_test)):
+        if n <= 0:
+            continue  # an empty split cannot be loaded back
         c = cols.setdefault(split, {"image": [], "image2": [], "caption": [], "bbox": []})
         for i in range(n):
             before = _scene(rng, size)
