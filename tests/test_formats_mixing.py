@@ -168,6 +168,8 @@ def test_mandatory_group_without_rows_fails(tmp_path, repo_root):
     cfg.write_text(yaml.safe_dump({"unimedvl": {"dataset_names": {"g": [str(bad)]}, "is_mandatory": True}}))
     with pytest.raises(MixError, match="produced no rows"):
         mix(cfg, tmp_path / "m.parquet", progress=False)
+    (rej,) = [json.loads(x) for x in (tmp_path / "m_rejects.jsonl").read_text().splitlines()]
+    assert "no conversations" in rej["reason"] or "no message" in rej["reason"]
     assert run_cli("mix", cfg, "--output", tmp_path / "m.parquet", "--no_progress") == 2
 
 
@@ -184,3 +186,30 @@ def test_verl_parquet_in_the_other_image_mode_is_named(tmp_path, mixed):
     cfg.write_text(yaml.safe_dump({"verl": {"dataset_names": {"old": [str(tmp / "a/train.parquet")]}}}))
     with pytest.raises(MixError, match=r"group 'old': a row of .*train.parquet does not fit"):
         mix(cfg, tmp_path / "v.parquet", image_mode="ref", progress=False)
+
+
+def test_a_unimedvl_shaped_yaml_loads_as_is(tmp_path, repo_root):
+    """The seed's block (class-name key, VAE and ViT transform args) with DATASET_INFO nested under the class."""
+    jsonl = str(repo_root / "examples/unimedvl/unimedvl.jsonl")
+    root = str(repo_root / "examples/unimedvl")
+    (tmp_path / "cfg.yaml").write_text(f"""
+dataset_info:
+  CounterfactualMedicalIterableDataset_ver1:
+    cxr_a: {{data_dir: {root}, jsonl_path: {jsonl}}}
+    cxr_b: {{data_dir: {root}, jsonl_path: {jsonl}}}
+CounterfactualMedicalIterableDataset_ver1:
+  dataset_names:
+    counterfactual_train: [cxr_a, cxr_b]
+  image_transform_args: {{image_stride: 16, max_image_size: 1024, min_image_size: 512}}
+  vit_image_transform_args: {{image_stride: 14, max_image_size: 980, min_image_size: 378, max_pixels: 2_007_040}}
+  weight: {{counterfactual_train: 10}}
+  num_used_data: {{counterfactual_train: [0, 0]}}
+  is_mandatory: true
+  shuffle_lines: true
+  shuffle_seed: 42
+""")
+    (g,) = load_mix(tmp_path / "cfg.yaml")
+    assert (g.format, g.weight, g.images.max_pixels, g.shuffle_seed) == ("unimedvl", 10.0, 2007040, 42)
+    assert [d.path for d in g.datasets] == [jsonl, jsonl] and g.datasets[0].image_root == root
+    summary = mix(tmp_path / "cfg.yaml", tmp_path / "m.parquet", progress=False)
+    assert summary["groups"][0]["lines"] == 24 and summary["rows"] == 16  # both files, 8 rows each

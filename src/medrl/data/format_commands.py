@@ -57,7 +57,7 @@ def run_mix(args: argparse.Namespace) -> int:
     import json
 
     from medrl.data.length import LengthOptions
-    from medrl.data.mixing import MixError, mix, print_proportions
+    from medrl.data.mixing import MixError, mix
     from medrl.data.records import RecordOptions
 
     if args.max_prompt_tokens and not args.processor:
@@ -76,6 +76,27 @@ def run_mix(args: argparse.Namespace) -> int:
     else:
         print_proportions(summary)
     return 0
+
+
+def print_proportions(summary: dict) -> None:
+    """Print the realised proportions as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"medrl prepare mix -> {summary['output']} ({summary['rows']} rows, seed {summary['seed']})")
+    for col in ("group", "format", "weight", "target", "lines", "rejected", "available", "taken", "repeated",
+                "realised"):
+        t.add_column(col, justify="left" if col in ("group", "format") else "right")
+    for r in summary["groups"]:
+        t.add_row(r["group"], r["format"], f"{r['weight']:g}", f"{100 * r['target_share']:.1f}%", str(r["lines"]),
+                  str(r["rejected"]), str(r["rows_available"]), str(r["rows_taken"]), str(r["repeated_rows"]),
+                  f"{100 * r['realised_share']:.1f}%")
+    console = Console(width=max(Console().width, 120))  # keep the columns readable when piped
+    console.print(t)
+    if summary["rejected"]:
+        console.print(f"[bold red]{summary['rejected']} line(s) rejected[/]: "
+                      + ", ".join(f"{k}: {v}" for k, v in summary["rejects_by_reason"].items())
+                      + f" (see {summary['rejects_file']})")
 
 
 def write_samples(out: str | Path) -> dict[str, Path]:

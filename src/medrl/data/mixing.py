@@ -24,6 +24,11 @@ builder (rejects counted by reason), shuffled with `shuffle_seed` when
 largest mix that repeats no row; a larger `--total` cycles through a group again
 (each cycle reshuffled) and says so. The mixed rows are then interleaved by a
 seeded shuffle. Same YAML, data and seed -> the same parquet, row for row.
+
+A block's `task` defaults to report for unimedvl (as `prepare unimedvl`) and to
+grounding for llava. `image_transform_args` (UniMedVL's VAE side, for image outputs)
+is accepted and ignored. Each group is converted into a temporary parquet; the rows
+finally taken are held in memory once, while they are interleaved and written.
 """
 
 from __future__ import annotations
@@ -198,7 +203,8 @@ def _producer(group: Group, ds: DatasetRef, rec: RecordOptions,
     if ds.format in ("llava", "unimedvl"):
         from medrl.data.unimedvl import read_unimedvl
 
-        rec = replace(rec, task=o.get("task", rec.task))
+        default = "report" if ds.format == "unimedvl" else rec.task  # as `prepare unimedvl` / `prepare convert`
+        rec = replace(rec, task=o.get("task", default))
         items = read_unimedvl(ds.path) if ds.format == "unimedvl" else read_records(ds.path)
         return items, lambda it: build_rows(it.data, it.source, it.position, rec)
     if ds.format == "mecovqa":
@@ -315,50 +321,30 @@ def mix(config: str | Path, output: str | Path, total: int | None = None, seed: 
         record: RecordOptions | None = None, length: LengthOptions | None = None, image_mode: str = "embed",
         allow_repeat: bool = True, progress: bool = True) -> dict:
     """Build one mixed parquet from a mix YAML; returns the summary (saved beside it as <name>_summary.json)."""
-    from tqdm import tqdm
-
     groups = load_mix(config, image_mode)
     raw = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
     total = total if total is not None else raw.get("total")
     seed = seed if seed is not None else int(raw.get("seed", groups[0].shuffle_seed))
-    record = record or RecordOptions()
-    length = length or LengthOptions()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"\.parquet$", "", output.name)
     log_path = output.with_name(f"{stem}_rejects.jsonl")
-    stats = []
-    with tempfile.TemporaryDirectory(prefix=".mix-", dir=output.parent) as tmpdir, RejectLog(log_path) as log:
-        tmp = Path(tmpdir)
-        for k, g in enumerate(tqdm(groups, desc="mix: convert groups", unit=" group", disable=not progress)):
-            path = tmp / f"group_{k}.parquet"
-            counts = convert_group(g, record, length, path, output.parent, log)
-            if counts.get("rows", 0) == 0 and g.weight > 0 and g.mandatory:
-                raise MixError(f"{config}: group {g.name!r} (is_mandatory) produced no rows "
-                               f"({counts.get('lines', 0)} lines, {counts.get('rejected', 0)} rejected)")
-            stats.append((g, path, counts))
-        live = [(g, p, c) for g, p, c in stats if g.weight > 0 and c.get("rows", 0) > 0]
-        if not live:
-            raise MixError(f"{config}: no group produced rows")
-        take = allocate([g.weight for g, _, _ in live], [c["rows"] for _, _, c in live], total)
-        parts = []
-        for (g, p, c), n in zip(live, take):
-            if n > c["rows"] and not allow_repeat:
-                raise MixError(f"group {g.name!r}: {n} rows wanted, {c['rows']} available and repeats disallowed")
-            table = pq.read_table(p)
-            parts.append(table.take(pa.array(_pick(c["rows"], n, g), pa.int64())))
-        mixed = pa.concat_tables(parts)
-        order = list(range(mixed.num_rows))
-        random.Random(f"mix:{seed}").shuffle(order)
-        mixed = mixed.take(pa.array(order, pa.int64()))
-        n = mixed.num_rows
-        mixed = _set_extra(mixed, {"index": pa.array(range(n), pa.int64()), "split": pa.array([stem] * n)})
-        with atomic_path(output) as t:
-            pq.write_table(mixed, t, row_group_size=256)
+    log_ctx = RejectLog(log_path)
+    log = log_ctx.__enter__()
+    try:
+        stats, live, take = _build(groups, str(config), output, stem, total, seed, record or RecordOptions(),
+                                   length or LengthOptions(), allow_repeat, progress, log)
+    except MixError:
+        log_ctx.__exit__(None, None, None)  # the rejects say why a group came out empty: keep them
+        raise
+    except BaseException as exc:
+        log_ctx.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    log_ctx.__exit__(None, None, None)
     n_total = sum(take)
     wsum = sum(g.weight for g, _, _ in live)
-    table_rows = []
     taken = dict(zip((g.name for g, _, _ in live), take))
+    table_rows = []
     for g, _, c in stats:
         k = taken.get(g.name, 0)
         table_rows.append({
@@ -373,22 +359,38 @@ def mix(config: str | Path, output: str | Path, total: int | None = None, seed: 
     return summary
 
 
-def print_proportions(summary: dict) -> None:
-    """Print the realised proportions as a table."""
-    from rich.console import Console
-    from rich.table import Table
+def _build(groups: list[Group], config: str, output: Path, stem: str, total: int | None, seed: int,
+           record: RecordOptions, length: LengthOptions, allow_repeat: bool, progress: bool,
+           log: RejectLog) -> tuple[list, list, list[int]]:
+    """Convert every group, allocate, take, interleave and write; returns (stats, live groups, rows taken)."""
+    from tqdm import tqdm
 
-    t = Table(title=f"medrl prepare mix -> {summary['output']} ({summary['rows']} rows, seed {summary['seed']})")
-    for col in ("group", "format", "weight", "target", "lines", "rejected", "available", "taken", "repeated",
-                "realised"):
-        t.add_column(col, justify="left" if col in ("group", "format") else "right")
-    for r in summary["groups"]:
-        t.add_row(r["group"], r["format"], f"{r['weight']:g}", f"{100 * r['target_share']:.1f}%", str(r["lines"]),
-                  str(r["rejected"]), str(r["rows_available"]), str(r["rows_taken"]), str(r["repeated_rows"]),
-                  f"{100 * r['realised_share']:.1f}%")
-    console = Console(width=max(Console().width, 120))  # keep the columns readable when piped
-    console.print(t)
-    if summary["rejected"]:
-        console.print(f"[bold red]{summary['rejected']} line(s) rejected[/]: "
-                      + ", ".join(f"{k}: {v}" for k, v in summary["rejects_by_reason"].items())
-                      + f" (see {summary['rejects_file']})")
+    stats = []
+    with tempfile.TemporaryDirectory(prefix=".mix-", dir=output.parent) as tmpdir:
+        tmp = Path(tmpdir)
+        for k, g in enumerate(tqdm(groups, desc="mix: convert groups", unit=" group", disable=not progress)):
+            path = tmp / f"group_{k}.parquet"
+            counts = convert_group(g, record, length, path, output.parent, log)
+            if counts.get("rows", 0) == 0 and g.weight > 0 and g.mandatory:
+                raise MixError(f"{config}: group {g.name!r} (is_mandatory) produced no rows "
+                               f"({counts.get('lines', 0)} lines, {counts.get('rejected', 0)} rejected; "
+                               f"reasons in {log.path})")
+            stats.append((g, path, counts))
+        live = [(g, p, c) for g, p, c in stats if g.weight > 0 and c.get("rows", 0) > 0]
+        if not live:
+            raise MixError(f"{config}: no group produced rows")
+        take = allocate([g.weight for g, _, _ in live], [c["rows"] for _, _, c in live], total)
+        parts = []
+        for (g, p, c), n in zip(live, take):
+            if n > c["rows"] and not allow_repeat:
+                raise MixError(f"group {g.name!r}: {n} rows wanted, {c['rows']} available and repeats disallowed")
+            parts.append(pq.read_table(p).take(pa.array(_pick(c["rows"], n, g), pa.int64())))
+        mixed = pa.concat_tables(parts)
+        order = list(range(mixed.num_rows))
+        random.Random(f"mix:{seed}").shuffle(order)
+        mixed = mixed.take(pa.array(order, pa.int64()))
+        n = mixed.num_rows
+        mixed = _set_extra(mixed, {"index": pa.array(range(n), pa.int64()), "split": pa.array([stem] * n)})
+        with atomic_path(output) as t:
+            pq.write_table(mixed, t, row_group_size=256)
+    return stats, live, take
