@@ -1,15 +1,17 @@
-"""Which reward file each training job points at; as a verl reward file it is the composed reward.
+"""Which reward each training job uses; writes the seed's sbatch scripts. As a verl reward file: the composed reward.
 
-    python custom_reward/reward_config.py      # prints the job -> reward file table
+    python custom_reward/reward_config.py            # table + jobs/single_node_{basic,enhanced}.sh
+    python custom_reward/reward_config.py --list     # table only
 
-The job scripts themselves are written by `medrl slurm`; this entry keeps the
-seed's name and tells which `custom_reward_function.path` each job uses.
+The scripts come from `medrl slurm` (medrl.slurm.write_seed_jobs); their recipes name the
+reward file and spec shown in the table.
 """
 
 import sys
+from pathlib import Path
 
-from medrl.rewards import JOB_REWARDS, print_job_rewards
+from medrl.rewards import reward_config_main
 from medrl.rewards.compose import compute_score, compute_score_async, compute_score_batch  # noqa: F401
 
 if __name__ == "__main__":
-    sys.exit(print_job_rewards(JOB_REWARDS))
+    sys.exit(reward_config_main(repo=Path(__file__).resolve().parents[1]))

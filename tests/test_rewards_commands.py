@@ -52,3 +52,16 @@ def test_explain_shows_boxes_matching_and_parts(capsys):
     assert main(["reward", "explain", "--reward", "enhanced", "--solution", "No abnormalities.",
                  "--ground-truth", "[]"]) == 0
     assert "enhanced/semantic" in capsys.readouterr().out
+
+
+def test_reward_config_writes_seed_jobs(tmp_path, capsys, repo_root):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(repo_root / "custom_reward/reward_config.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "single_node_basic.sh: recipe grpo_grounding -> custom_reward/medrl_reward.py" in proc.stdout
+    # The scripts run the recipe; the recipe names the reward file (printed above).
+    assert "grpo_grounding" in (tmp_path / "single_node_basic.sh").read_text()
+    assert "grpo_enhanced" in (tmp_path / "single_node_enhanced.sh").read_text()
