@@ -60,7 +60,7 @@ VARIANTS = {
     "judge": ["grpo_enhanced", "--nodes", "2", "--gpus-per-node", "4", "--judge-node",
               "--judge-model", "Qwen/Qwen2.5-VL-7B-Instruct", "--judge-arg=--max-model-len=8192"],
     "conda-modules": ["grpo_grounding", "--module", "cuda/12.4", "--module", "gcc", "--conda", "medrl",
-                      "--env-setup", "site/env.sh", "--workdir", "/scratch/me/medrl", "--pipeline"],
+                      "--env-setup", "site/env.sh", "--env", "NCCL_DEBUG=WARN", "--workdir", "/scratch/me/medrl", "--pipeline"],
     "test-hooks": ["r", "--simulate-workers", "2", "--worker-start", "sleep 5", "--command", "echo hi",
                    "--ray-auth", "disabled", "--ray-port", "23000"],
 }
@@ -110,7 +110,7 @@ def test_values_with_spaces_quotes_and_substitutions_stay_literal(tmp_path):
     setup.write_text('echo "SETUP SOURCED"\n')
     override = f"data.train_files={NASTY}/train.parquet"
     script = render_cli(tmp_path, NASTY + ".yaml", "--venv", str(venv), "--env-setup", str(setup),
-                        "--workdir", str(tmp_path), "--ray-tmp", NASTY, "--judge-node", "--judge-model",
+                        "--workdir", str(tmp_path), "--env", f"MEDRL_X={NASTY}", "--ray-tmp", NASTY, "--judge-node", "--judge-model",
                         NASTY, "--simulate-workers", "1", "--", override)
     assert shellcheck(script).returncode == 0, shellcheck(script).stdout
     values = header_values(script, "MEDRL_COMMAND", "MEDRL_JUDGE_COMMAND")
@@ -139,7 +139,7 @@ def test_unsafe_sbatch_values_are_refused(tmp_path, capsys, option, value):
 
 
 def test_invalid_jobs_are_refused():
-    for options in ({"nodes": 0}, {"gpus_per_node": -1}, {"judge_node": True}, {"ray_port": "80"},
+    for options in ({"env": ["1X=2"]}, {"env": ["NOVALUE"]}, {"nodes": 0}, {"gpus_per_node": -1}, {"judge_node": True}, {"ray_port": "80"},
                     {"ray_wait": 0}, {"ray_auth": "maybe"}):
         with pytest.raises(SlurmJobError):
             render_job("r", **options)
@@ -215,8 +215,9 @@ class Job:
         self.cluster = cluster
         self.ray_tmp = f"/tmp/mrl-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths are limited
         self.log = tmp_path / f"{name}.out"
-        self.script = render_cli(tmp_path, *SMALL_RAY, *args, "--venv", str(VENV),
-                                 "--ray-tmp", self.ray_tmp, "--output", str(self.log), name=f"{name}.sh")
+        # Fixed options first: `args` may end with `-- overrides`.
+        self.script = render_cli(tmp_path, "--venv", str(VENV), "--ray-tmp", self.ray_tmp,
+                                 "--output", str(self.log), *SMALL_RAY, *args, name=f"{name}.sh")
         assert shellcheck(self.script).returncode == 0
         proc = cluster.run("sbatch", "--parsable", str(self.script), cwd=str(REPO))
         assert proc.returncode == 0, proc.stderr
@@ -275,7 +276,7 @@ def test_sbatch_bootstraps_ray_on_two_nodes_runs_command_and_stops_ray(local_slu
     assert "judge is up" in log
     assert "PROBE nodes 2 cpus 2.0" in log
     assert "PROBE judge-in-worker http://127.0.0.1:28123/v1" in log
-    assert "stopping Ray and helper steps: head:" in log and "exit code 0" in log
+    assert "stopping Ray and helper steps: judge head:" in log and "exit code 0" in log
 
 
 @pytest.mark.slow
@@ -306,7 +307,7 @@ def test_worker_that_exits_ends_the_job_at_once_naming_it(local_slurm, tmp_path)
 
 @pytest.mark.slow
 def test_worker_that_never_joins_ends_the_job_at_the_wait_limit(local_slurm, tmp_path):
-    wait = 30
+    wait = 60  # shared by the head's start (up to ~30 s on a busy 2-core machine) and the workers
     job = Job(local_slurm, tmp_path, "r", "--ray-wait", str(wait), "--simulate-workers", "1",
               "--worker-start", "sleep 600", "--command", "echo SHOULD-NOT-RUN")
     state = job.wait(240)
@@ -334,14 +335,20 @@ def test_cancel_runs_the_trap_and_stops_ray(local_slurm, tmp_path):
 
 
 @pytest.mark.slow
-def test_cpu_tiny_recipe_trains_through_the_slurm_bootstrap(local_slurm, tmp_path, tiny_model_dir):
+def test_cpu_tiny_recipe_trains_through_the_slurm_bootstrap(local_slurm, tmp_path):
     if not (REPO / "recipes" / "cpu_tiny.yaml").exists():
         pytest.skip("recipes/cpu_tiny.yaml is not there yet")
     run_dir = tmp_path / "run"
     # A 1-node Ray cluster with the logical CPUs/GPUs the CPU recipe asks of its local Ray;
     # verl must connect to it (RAY_ADDRESS) rather than start its own.
+    # `medrl train` sets up a CPU run for the Ray cluster it starts itself; on a cluster that
+    # the job started, the same must reach the raylets (--env) and ray.init must not size it.
+    from medrl.training.env import run_env
+
+    env = run_env("cpu", base={})
     job = Job(local_slurm, tmp_path, "cpu_tiny", "--ray-cpus", "16", "--ray-gpus", "2",
-              "--ray-object-store", "400000000", "--ray-wait", "120", "--pipeline", "--",
+              "--ray-object-store", "400000000", "--ray-wait", "120", "--pipeline",
+              *(f"--env={k}={v}" for k, v in sorted(env.items())), "--",
               "grpo.ray_kwargs.ray_init.num_cpus=null", "grpo.+ray_kwargs.ray_init.num_gpus=null",
               "--out", str(run_dir))
     state = job.wait(1800)

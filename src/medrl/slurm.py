@@ -21,6 +21,7 @@ from medrl.atomic import atomic_path
 
 # sbatch reads #SBATCH lines itself, so quoting does not help there: allow only plain tokens.
 _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,:+=@%/\[\]-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JOB_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 
 # The scripts in jobs/, each the `medrl slurm` arguments that generate it (--out added).
@@ -54,6 +55,7 @@ class SlurmJob:
     venv: str | None = None
     conda: str | None = None
     modules: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
     pipeline: bool = False
     overrides: list[str] = field(default_factory=list)
     judge_node: bool = False
@@ -121,6 +123,9 @@ def validate(job: SlurmJob) -> None:
     for name in ("partition", "time", "account", "qos", "mem", "output"):
         if getattr(job, name) is not None:
             _sbatch_value(name, getattr(job, name))
+    for item in job.env:
+        if not _ENV_NAME.match(item.split("=", 1)[0]) or "=" not in item:
+            raise SlurmJobError(f"--env {item!r}: expected NAME=VALUE with a shell variable name")
     if job.ray_gpus is not None and job.ray_gpus < 0:
         raise SlurmJobError(f"--ray-gpus {job.ray_gpus}: cannot be negative")
     for name in ("cpus_per_task", "ray_cpus", "ray_object_store"):
@@ -171,6 +176,9 @@ def _env_lines(job: SlurmJob) -> list[str]:
                   f"source {shlex.quote(os.path.join(job.venv, 'bin', 'activate'))}"]
     if job.env_setup:
         lines += ["# shellcheck source=/dev/null", f"source {shlex.quote(job.env_setup)}"]
+    # Exported before Ray starts, so the raylets and every Ray worker inherit them.
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in
+              (item.split("=", 1) for item in job.env)]
     if not lines:
         return ["# (none: medrl, ray and python3 must already be on PATH)"]
     return lines
@@ -280,6 +288,8 @@ def register(subparsers) -> None:
     env.add_argument("--conda", help="conda activate ENV")
     env.add_argument("--venv", help="source VENV/bin/activate")
     env.add_argument("--env-setup", help="source this file (anything else your cluster needs)")
+    env.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                     help="export NAME=VALUE before Ray starts, so every Ray worker sees it (repeatable)")
     p.add_argument("--pipeline", action="store_true", help="run `medrl pipeline` instead of `medrl train`")
     judge = p.add_argument_group("VLM judge on its own node")
     judge.add_argument("--judge-node", action="store_true", help="serve --judge-model with vLLM")

@@ -11,8 +11,9 @@ medrl_die() { medrl_log "ERROR: $*" >&2; exit 1; }
 if [ -z "${SLURM_JOB_ID:-}" ] || [ -z "${SLURM_JOB_NODELIST:-}" ]; then
     medrl_die "not inside a Slurm allocation: submit this script with sbatch"
 fi
-command -v "${MEDRL_RAY_START[0]}" >/dev/null \
-    || medrl_die "'${MEDRL_RAY_START[0]}' not found: check the environment set-up above"
+for tool in "${MEDRL_RAY_START[0]}" "${MEDRL_COMMAND[0]}" python3 srun scontrol; do
+    command -v "$tool" >/dev/null || medrl_die "'$tool' not found on PATH: check the environment set-up"
+done
 
 mapfile -t MEDRL_HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 [ "${#MEDRL_HOSTS[@]}" -gt 0 ] || medrl_die "empty node list '$SLURM_JOB_NODELIST'"
