@@ -212,3 +212,35 @@ def test_no_finding_phrases():
     assert is_no_finding("No abnormalities or lesions are detected on this Chest X-ray.")
     assert is_no_finding("No finding")
     assert not is_no_finding("There is a nodule in the left lung.")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "I;16", "1"])
+def test_fast_png_check_agrees_with_pil_on_valid_files(mode):
+    import io
+
+    from medrl.data.images import png_size_checked
+
+    buf = io.BytesIO()
+    Image.new(mode, (37, 19)).save(buf, format="PNG")
+    assert png_size_checked(buf.getvalue()) == (37, 19)
+
+
+def test_fast_png_check_catches_damage_and_defers_interlaced_to_pil():
+    import io
+
+    from medrl.data.images import png_size_checked
+
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 40).save(buf, format="PNG")
+    data = buf.getvalue()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    for damaged in (data[: len(data) - 20], bytes(flipped), data[:40]):
+        with pytest.raises(ValueError):
+            png_size_checked(damaged)
+    import zlib
+
+    ihdr = bytearray(data[:33])
+    ihdr[28] = 1  # IHDR's interlace byte (PIL writes no interlaced PNGs, so patch one)
+    ihdr[29:33] = zlib.crc32(bytes(ihdr[12:29])).to_bytes(4, "big")
+    assert png_size_checked(bytes(ihdr) + data[33:]) is None  # left to PIL's decoder

@@ -15,6 +15,7 @@ targets are written in that same form, so SFT teaches the format that RL rewards
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -190,8 +191,8 @@ def is_no_finding(text: str) -> bool:
     return bool(_NO_FINDING_RE.search(text))
 
 
-def grounding_truth(answer: str, width: int | None, height: int | None) -> tuple[str, str]:
-    """(ground-truth JSON of [0,1] boxes, answer text with its boxes rewritten in [0,1])."""
+def grounding_truth(answer: str, width: int | None, height: int | None, rewrite: bool = True) -> tuple[str, str]:
+    """(ground-truth JSON of [0,1] boxes, answer text with its boxes rewritten in [0,1] when `rewrite`)."""
     try:
         boxes = parse_truth_boxes(answer, width, height)
     except BoxError as exc:
@@ -200,6 +201,8 @@ def grounding_truth(answer: str, width: int | None, height: int | None) -> tuple
         if not is_no_finding(answer):
             raise RejectError(rejects.NOT_GROUNDING, answer[:200])
         return "[]", answer.strip()
+    if not rewrite:
+        return format_boxes(boxes), answer
     text = answer
     cands = find_box_candidates(answer, limit=10_000)
     for cand, box in sorted(zip(cands, boxes), key=lambda cb: -cb[0].start):
@@ -238,7 +241,7 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
     if not specs:
         raise RejectError(rejects.NO_IMAGE, "record has no image or images field")
     messages = fit_placeholders(messages, len(specs))
-    base_dir = str(Path(source).parent)
+    base_dir = os.path.dirname(source)
     infos: list[ImageInfo] = [load_image(s, opts.images, base_dir) for s in specs]
     rec_w, rec_h = record_size(data)
     img_w, img_h = infos[0].width, infos[0].height
@@ -266,7 +269,9 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
             turn = answer_idx.index(i) + 1
             try:
                 if opts.task == "grounding":
-                    truth, shown = grounding_truth(m["content"], box_w, box_h)
+                    # The rewritten text is only shown as context or as an SFT target.
+                    shown_needed = opts.sft or turn < len(answer_idx)
+                    truth, shown = grounding_truth(m["content"], box_w, box_h, rewrite=shown_needed)
                 else:
                     truth = shown = answer_truth(opts.task, m["content"], opts)
             except RejectError as exc:
@@ -284,7 +289,7 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
     dataset = record_dataset(data, opts.dataset_key)
     base_info = {
         "id": rid, "dataset": dataset, "width": img_w, "height": img_h, "position": position,
-        "source": Path(source).name, "image": infos[0].origin, "n_turns": len(answer_idx),
+        "source": os.path.basename(source), "image": infos[0].origin, "n_turns": len(answer_idx),
     }
     rows = []
     for i in targets:
