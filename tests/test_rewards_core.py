@@ -167,6 +167,9 @@ def test_format(text, ok):
     ("B. Effusion", "(B)", True), ("I think C", "C", False), ("Pleural effusion.", "pleural effusion", True),
     ("A pleural effusion", "Pleural Effusion", True), ("effusion", "pleural effusion", False),
     ("left lung", '["left lung", "left"]', True), ("right", np.array(["left", "right"], dtype=object), True),
+    ("Yes.", "Yes, there is a pleural effusion.", True), ("No", "Yes, in the left lung.", False),
+    ("There is a pleural effusion.", "pleural effusion", True),
+    ("pneumothorax, effusion, nodule, mass, edema, fracture, cardiomegaly", "effusion", False),
 ])
 def test_vqa(sol, gt, ok):
     assert vqa.compute_score("medrl/vqa", sol, gt)["score"] == (1.0 if ok else 0.0)

@@ -1,11 +1,13 @@
 """Closed-form VQA accuracy: yes/no, option letter, or normalised exact match (rows of `medrl/vqa`).
 
 The truth decides the kind of question:
-- yes/no truth: the answer's first yes/no word (``yes``, ``no``, ``true``, ``false``) must agree;
+- yes/no truth (one that starts with yes/no, e.g. "Yes, there is an effusion."): the answer's
+  first yes/no word (``yes``, ``no``, ``true``, ``false``, ...) must agree;
 - option-letter truth (``A``..``J``, also ``(B)`` or ``B.``): the answer's chosen letter
   (``B``, ``(B)``, ``B.``, ``B)``, ``answer: B``, ``option B``) must agree;
-- otherwise the normalised answer (lower case, no punctuation, no articles) must equal
-  the normalised truth, or start with it followed by a word boundary.
+- otherwise the normalised truth (lower case, no punctuation, no articles) must appear as
+  consecutive words of the normalised answer, and the answer may have at most
+  `EXTRA_WORDS` (5) words more than the truth, so that listing everything does not pay.
 A list of acceptable truths scores 1 when any matches. Range [0, 1].
 """
 
@@ -27,6 +29,7 @@ _LETTER_TRUTH_RE = re.compile(r"^\(?([A-Ja-j])[\).:]?$")
 _LETTER_ANSWER_RE = re.compile(
     r"(?i:answer|option|choice)\s*(?i:is)?\s*[:=]?\s*\(?([A-Ja-j])\b|^\s*\(?([A-J])(?:[\).:]|\s*$)|\(([A-J])\)")
 _ARTICLES = {"a", "an", "the"}
+EXTRA_WORDS = 5
 
 
 def truths(ground_truth: Any) -> list[str]:
@@ -76,7 +79,7 @@ def option_letter(text: str) -> str | None:
 def match_one(answer: str, truth: str) -> tuple[bool, bool]:
     """(correct, parsed) of one answer against one acceptable truth."""
     t_words = _words(truth)
-    if len(t_words) == 1 and (t_words[0] in _YES or t_words[0] in _NO):
+    if t_words and (t_words[0] in _YES or t_words[0] in _NO):
         got = yes_no(answer)
         return got == ("yes" if t_words[0] in _YES else "no"), got is not None
     m = _LETTER_TRUTH_RE.match(truth.strip())
@@ -86,7 +89,8 @@ def match_one(answer: str, truth: str) -> tuple[bool, bool]:
     a_words = _words(answer)
     if not t_words:
         return False, bool(a_words)
-    ok = a_words == t_words or a_words[: len(t_words)] == t_words
+    n = len(t_words)
+    ok = len(a_words) <= n + EXTRA_WORDS and any(a_words[i:i + n] == t_words for i in range(len(a_words) - n + 1))
     return ok, bool(a_words)
 
 
