@@ -183,6 +183,13 @@ def register(subparsers) -> None:
     sp.add_argument("--n", type=int, default=64)
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=run_sample)
+    try:  # the seed systems' formats (UniMedVL, MeCoVQA, change pairs, mixing) live in their own module
+        from medrl.data.format_commands import register_formats
+    except ModuleNotFoundError as exc:
+        if exc.name != "medrl.data.format_commands":
+            raise
+    else:
+        register_formats(psub)
 
     chk = subparsers.add_parser("check", help="preflight a verl parquet through verl's RLHFDataset")
     chk.add_argument("data", help="a verl RL parquet (train.parquet, val.parquet, ...)")
