@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from medrl.data.records import TASKS, TURN_POLICIES
 

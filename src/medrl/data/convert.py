@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from medrl.atomic import write_json
-from medrl.data import rejects
 from medrl.data.length import LengthOptions, check_length
 from medrl.data.readers import SourceRecord, read_records
 from medrl.data.records import RecordOptions, build_rows, record_dataset, record_id

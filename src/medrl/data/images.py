@@ -69,6 +69,7 @@ def _decode_data_uri(ref: str) -> bytes:
 
 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_PNG_FAST_MAX_BYTES = 1 << 28
 
 
 def png_size_checked(data: bytes) -> tuple[int, int] | None:
@@ -109,12 +110,18 @@ def png_size_checked(data: bytes) -> tuple[int, int] | None:
         raise ValueError("no IEND chunk: the file is truncated")
     if not (width and height and idat):
         raise ValueError("no IHDR or no image data")
+    expected = row_bytes * height
+    if expected > _PNG_FAST_MAX_BYTES:
+        return None  # huge: PIL's decompression-bomb guard decides
+    inflater = zlib.decompressobj()
     try:
-        raw = zlib.decompress(b"".join(idat))
+        # max_length bounds memory even when the header lies about the size.
+        raw = inflater.decompress(b"".join(idat), expected + 1)
     except zlib.error as exc:
         raise ValueError(f"pixel data does not inflate: {exc}") from exc
-    if len(raw) != row_bytes * height:
-        raise ValueError(f"pixel data is {len(raw)} bytes, expected {row_bytes * height}")
+    if len(raw) != expected or not inflater.eof:
+        raise ValueError(f"pixel data is {len(raw)} bytes{'' if inflater.eof else ' (stream cut)'}, "
+                         f"expected {expected}")
     return width, height
 
 
