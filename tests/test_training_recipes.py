@@ -72,7 +72,7 @@ def test_overrides_reach_the_right_place(tmp_path):
     )
     assert r.stage("grpo").overrides["trainer.total_training_steps"] == 2
     assert r.stage("sft").overrides["optim.lr"] == 1e-4
-    assert r.stage("sft").overrides["trainer.total_training_steps"] == 40  # untouched
+    assert r.stage("sft").overrides["trainer.total_training_steps"] == 100  # untouched
     assert r.model == "/my/model" and r.data["train"] == "/d/t.parquet"
     a = _args(R.build_command(r, r.stage(), tmp_path))
     assert a["actor_rollout_ref.model.path"] == "/my/model"
