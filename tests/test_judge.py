@@ -199,3 +199,72 @@ def test_batch_variant_limits_concurrency(server):
 def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="default_score"):
         judge.config_from({"default_score": 5})
+
+
+class TinyModelServer(FakeJudgeServer):
+    """A minimal OpenAI-compatible chat server backed by the tiny Qwen2.5-VL (a stand-in for `vllm serve`)."""
+
+    def __init__(self, model_dir):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        super().__init__()
+        self.torch = torch
+        self.processor = AutoProcessor.from_pretrained(model_dir)
+        self.model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+        self.replies: list[str] = []
+        self._gen_lock = threading.Lock()
+
+    def reply(self, body: dict) -> tuple[int, str]:
+        import base64
+        import io
+
+        from PIL import Image
+
+        messages, images = [], []
+        for msg in body["messages"]:
+            parts = msg["content"] if isinstance(msg["content"], list) else [{"type": "text", "text": msg["content"]}]
+            content = []
+            for part in parts:
+                if part["type"] == "image_url":
+                    data = part["image_url"]["url"].split(",", 1)[1]
+                    images.append(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+                    content.append({"type": "image"})
+                else:
+                    content.append({"type": "text", "text": part["text"]})
+            messages.append({"role": msg["role"], "content": content})
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
+        with self._gen_lock, self.torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=min(int(body.get("max_tokens", 16)), 16),
+                                      do_sample=False)
+        reply = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        with self._lock:
+            self.replies.append(reply)
+        return 200, reply
+
+
+def test_judge_against_a_served_tiny_model(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "cxr.png"
+    Image.new("RGB", (96, 96), (30, 30, 30)).save(img)
+    with TinyModelServer(tiny_model_dir) as srv:
+        async def main():
+            return await asyncio.gather(*[
+                judge.compute_score_async("medrl/grounding", f"<answer>[0.{i}, 0.1, 0.5, 0.5]</answer>",
+                                          [[0.1, 0.1, 0.5, 0.5]], {"image": str(img), "question": "Locate it."},
+                                          base_url=srv.url, model="tiny", retries=0, max_concurrency=2,
+                                          default_score=0.25)
+                for i in range(3)])
+
+        results = asyncio.run(main())
+    assert len(srv.replies) == 3
+    for res in results:
+        # A random-init model talks nonsense: whatever it said was parsed or counted as a default.
+        assert res["judge_error"] == 0.0 and res["judge_attempts"] == 1.0
+        assert res["judge_default"] + res["judge_parsed"] == 1.0
+        assert 0.0 <= res["score"] <= 1.0
+    expected = sorted(judge.parse_score(r) if judge.parse_score(r) is not None else 0.25 for r in srv.replies)
+    assert sorted(r["score"] for r in results) == pytest.approx(expected)
+    assert srv.requests[0]["body"]["messages"][-1]["content"][0]["type"] == "image_url"
