@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -354,5 +355,9 @@ def test_cpu_tiny_recipe_trains_through_the_slurm_bootstrap(local_slurm, tmp_pat
     state = job.wait(1800)
     log = job.text()
     assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", log[-5000:]
-    assert "Ray head is up at" in log and "all 1 Ray node(s) registered" in log
-    assert "step:" in log  # verl's per-step metrics line
+    assert "all 1 Ray node(s) registered" in log
+    address = re.search(r"Ray head is up at (\S+)", log).group(1)
+    assert "[sft] step:1 " in log and re.search(r"\[grpo\] step:\d+ - ", log), log[-3000:]
+    # verl's driver joined the job's Ray cluster instead of starting one of its own.
+    grpo_log = (run_dir / "grpo" / "train.log").read_text()
+    assert f"Connecting to existing Ray cluster at address: {address}" in grpo_log
