@@ -239,7 +239,10 @@ def write_job(path: str | os.PathLike, recipe: str, **options) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(0o755)
+    # atomic_path gives 0666 & ~umask; a job script is also executable.
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
     return path
 
 
