@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 from medrl.atomic import write_json
 from medrl.export.rows import EvalRow, load_image
 
-META_KEYS = ("model", "data", "max_new_tokens", "temperature", "backend")
+META_KEYS = ("model", "data", "data_bytes", "max_new_tokens", "temperature", "backend")
 
 
 class GenerationLog:

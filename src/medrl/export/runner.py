@@ -56,6 +56,7 @@ def run_eval(model_paths: Sequence[str], cfg: RunConfig, generator_factory=None)
         mdir = out if len(model_paths) == 1 else out / "models" / name
         log = GenerationLog(mdir / "generations.jsonl")
         meta = {"model": str(Path(path).resolve()), "data": str(Path(cfg.data).resolve()),
+                "data_bytes": Path(cfg.data).stat().st_size,
                 "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "backend": backend}
         done = log.read() if cfg.resume else {}
         if cfg.resume and all(r.key in done for r in rows):
@@ -73,8 +74,10 @@ def run_eval(model_paths: Sequence[str], cfg: RunConfig, generator_factory=None)
         records[name] = recs
     paired = paired_comparison(records[names[0]], records[names[1]]) if len(names) == 2 else None
     figures = make_figures(out, rows, records, results, cfg.n_overlays)
+    used = sorted({r["box_convention"] for recs in records.values() for r in recs if "box_convention" in r})
     report = build_report(cfg.data, len(rows), cfg.reward if cfg.reward is not None else "default routes",
-                          cfg.box_convention, cfg.credit_no_finding, models, results, paired, figures)
+                          ", ".join(used) or cfg.box_convention, cfg.credit_no_finding, models, results, paired,
+                          figures)
     write_report(out, report)
     return report
 
