@@ -162,3 +162,16 @@ def test_char_limit_rejects_long_prompts(tmp_path):
     s = convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / "o"), progress=False,
                                length=LengthOptions(max_prompt_chars=20)))
     assert s["rejects_by_reason"] == {"prompt over the character limit": 4}
+
+
+def test_worker_processes_give_the_same_rows_in_the_same_order(tmp_path):
+    from medrl.data import convert as convert_mod
+
+    n = (convert_mod.INLINE_CHUNKS + 3) * convert_mod.CHUNK  # enough to start the worker pool
+    path = _corpus(tmp_path, n=n)
+    for w in (1, 2):
+        convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / f"w{w}"), workers=w, val_fraction=0.2,
+                               progress=False))
+    for name in ("train.parquet", "val.parquet"):
+        a, b = pq.read_table(tmp_path / "w1" / name), pq.read_table(tmp_path / "w2" / name)
+        assert a.equals(b) and a.num_rows > 0

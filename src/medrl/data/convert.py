@@ -25,6 +25,7 @@ from medrl.data.rejects import Reject, RejectError, RejectLog
 from medrl.data.writer import RowGroupWriter, rl_schema, sft_schema
 
 CHUNK = 64  # records per task sent to a worker process
+INLINE_CHUNKS = 4  # chunks converted in the main process before worker processes start
 
 
 @dataclass
@@ -129,6 +130,12 @@ def _run_chunks(chunks: Iterator[list], opts: ConvertOptions) -> Iterator[list[t
         for chunk in chunks:
             yield process_chunk(chunk, opts.record, opts.length)
         return
+    # Small inputs never pay for starting the pool: the first chunks run in this process.
+    for _ in range(INLINE_CHUNKS):
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield process_chunk(chunk, opts.record, opts.length)
     with cf.ProcessPoolExecutor(max_workers=opts.workers) as pool:
         window: deque = deque()
         for chunk in chunks:
