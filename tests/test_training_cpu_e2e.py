@@ -147,4 +147,6 @@ def test_grpo_resumes_from_its_last_checkpoint(run):
     second = _metrics(out / "grpo" / "metrics.jsonl")
     assert {1, 2} <= set(first)
     assert set(second) == {3}  # continued at step 3 from global_step_2, did not start over
+    # The actor has moved away from the reference by now: the KL term is live.
+    assert second[3]["actor/kl_loss"] > 0
     assert (out / "grpo" / "checkpoints" / "global_step_3" / "actor").is_dir()
