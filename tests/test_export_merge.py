@@ -37,10 +37,10 @@ def _save_checkpoints(model_dir: str, out_dir: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     processor = AutoProcessor.from_pretrained(model_dir)
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",))
-    for kind in ("full", "lora"):
+    for kind in ("full", "lora", "lora_only"):
         torch.manual_seed(0)
         model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-        if kind == "lora":
+        if kind != "full":
             model = get_peft_model(model, LoraConfig(r=4, lora_alpha=LORA_ALPHA, task_type="CAUSAL_LM",
                                                      target_modules=r".*language_model.*\.(q_proj|v_proj)"))
         apply_fsdp2(model, {"mesh": mesh}, {})
@@ -49,7 +49,8 @@ def _save_checkpoints(model_dir: str, out_dir: str) -> None:
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         cfg = OmegaConf.create({"save_contents": ["model", "optimizer", "extra"],
-                                "load_contents": ["model", "optimizer", "extra"]})
+                                "load_contents": ["model", "optimizer", "extra"],
+                                "save_lora_only": kind == "lora_only"})  # verl's checkpoint.save_lora_only
         run = os.path.join(out_dir, kind)
         FSDPCheckpointManager(model, opt, None, processing_class=processor, checkpoint_config=cfg).save_checkpoint(
             os.path.join(run, "global_step_1", "actor"), global_step=1)
@@ -235,6 +236,30 @@ def test_lora_adapter_only_has_the_right_alpha(runs, tmp_path, tiny_model_dir, c
     assert "--lora-alpha" in capsys.readouterr().err
     assert main(["merge", str(run), "--out", str(tmp_path / "a2"), "--lora-adapter-only", "--lora-alpha", "16"]) == 0
     assert json.loads((tmp_path / "a2" / "adapter_config.json").read_text())["lora_alpha"] == 16
+
+
+def test_lora_only_checkpoint_merges_onto_the_base_model(runs, tmp_path, tiny_model_dir, capsys):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from medrl.cli import main
+
+    shard = torch.load(runs / "lora_only/global_step_1/actor/model_world_size_2_rank_0.pt", weights_only=False)
+    assert shard and all("lora_" in k for k in shard)  # verl saved the adapter tensors only
+    out = tmp_path / "merged"
+    assert main(["merge", str(runs / "lora_only"), "--out", str(out), "--dtype", "fp32"]) == 1
+    assert "pass --base-model" in capsys.readouterr().err
+    assert main(["merge", str(runs / "lora_only"), "--out", str(out), "--dtype", "fp32",
+                 "--base-model", str(tiny_model_dir)]) == 0
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=LORA_ALPHA, task_type="CAUSAL_LM",
+                                                 target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    peft_model.load_state_dict(_reference(runs / "lora_only"), strict=True)
+    want = peft_model.merge_and_unload().state_dict()
+    got = _load(out).state_dict()
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_checkpoint_lookup_errors_are_clear(runs, tmp_path):

@@ -211,7 +211,25 @@ def auto_model_class(config):
     from verl.utils.transformers_compat import get_auto_model_for_vision2seq
 
     arch = (config.architectures or [""])[0]
+    if "ForTokenClassification" in arch:  # verl's critic / value models
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification
     return get_auto_model_for_vision2seq() if "ForConditionalGeneration" in arch else AutoModelForCausalLM
+
+
+def base_state(plan: MergePlan, shard_base: dict) -> dict:
+    """Base weights: from the shards, or from --base-model for a LoRA-only save (checkpoint.save_lora_only)."""
+    if shard_base:
+        return shard_base
+    if not plan.base_model:
+        raise MergeError(f"{plan.ckpt_dir}: the shards hold only LoRA tensors (a checkpoint.save_lora_only run); "
+                         "pass --base-model with the HF folder the run started from")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(plan.base_model)
+    model = auto_model_class(config).from_pretrained(plan.base_model, dtype="float32")
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def build_model(hf_dir: Path, base_state: dict):
@@ -271,7 +289,7 @@ def write_merged(plan: MergePlan, state: dict, dest: Path) -> dict:
 
     dtype = torch_dtype(plan.dtype)
     base, lora = split_state({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    model = build_model(plan.hf_dir, base)
+    model = build_model(plan.hf_dir, base_state(plan, base))
     info: dict[str, Any] = {"lora": None}
     if lora:
         meta = lora_meta(plan.ckpt_dir, plan.lora_alpha)

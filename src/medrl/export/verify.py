@@ -66,9 +66,10 @@ def read_shards(ckpt_dir: Path, world_size: int) -> dict[str, Any]:
     return {k: assemble(k, [sd[k] for sd in states]) for k in keys}
 
 
-def expected_weights(shards: dict, lora_alpha: float | None, r: int | None) -> tuple[dict, dict]:
+def expected_weights(shards: dict, lora_alpha: float | None, r: int | None,
+                     base: dict | None = None) -> tuple[dict, dict]:
     """(expected merged weights by HF key, LoRA tensors by shard key): W + alpha / r * B @ A where LoRA applies."""
-    base = {hf_key(k): v for k, v in shards.items() if not lora_target(k)}
+    base = dict(base or {hf_key(k): v for k, v in shards.items() if not lora_target(k)})
     lora = {k: v for k, v in shards.items() if lora_target(k)}
     targets = sorted({lora_target(k) for k in lora})
     for t in targets:
@@ -101,7 +102,7 @@ def verify(plan: MergePlan, out: Path, sample: Any = None, log=print) -> dict:
 
     import torch
 
-    from medrl.export.merge import auto_model_class, build_model, lora_meta
+    from medrl.export.merge import auto_model_class, base_state, build_model, lora_meta
 
     dtype = torch_dtype(plan.dtype)
     dtype_name = str(dtype).removeprefix("torch.")
@@ -111,6 +112,8 @@ def verify(plan: MergePlan, out: Path, sample: Any = None, log=print) -> dict:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(out if not plan.lora_adapter_only else plan.hf_dir)
+    # A LoRA-only save has no base tensors: the base is --base-model (read here on its own, in float32).
+    base_weights = base_state(plan, {hf_key(k): v for k, v in shards.items() if not lora_target(k)})
     if has_lora and plan.lora_adapter_only:
         adapter_cfg = json.loads((out / "adapter_config.json").read_text())
         if float(adapter_cfg.get("lora_alpha") or 0) != float(meta["lora_alpha"]):
@@ -119,7 +122,7 @@ def verify(plan: MergePlan, out: Path, sample: Any = None, log=print) -> dict:
         from peft import PeftModel
 
         # Cloned: build_model assigns the tensors and merge_and_unload adds into them in place.
-        base = build_model(plan.hf_dir, {hf_key(k): v.clone() for k, v in shards.items() if not lora_target(k)})
+        base = build_model(plan.hf_dir, {k: v.clone() for k, v in base_weights.items()})
         model = PeftModel.from_pretrained(base, out).merge_and_unload()  # what a user of the adapter gets
         r = int(adapter_cfg["r"])
     else:
@@ -128,7 +131,7 @@ def verify(plan: MergePlan, out: Path, sample: Any = None, log=print) -> dict:
         r = int(meta.get("r") or 0) or None
         if str(model.config.dtype).removeprefix("torch.") != dtype_name:
             raise MergeError(f"{out}/config.json: dtype {model.config.dtype}, {dtype_name} requested")
-    want, _ = expected_weights(shards, meta.get("lora_alpha"), r)
+    want, _ = expected_weights(shards, meta.get("lora_alpha"), r, base_weights)
     got = model.state_dict()
     missing = sorted(set(want) - set(got))
     if missing:
