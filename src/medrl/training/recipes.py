@@ -283,6 +283,10 @@ def stage_overrides(
                 "trainer.logger": ["console", "file"],
             }
         )
+        # verl's file logger lives in the TaskRunner, a Ray worker: on a Ray cluster that the job
+        # started (Slurm), workers do not inherit the driver's environment, so the metrics path
+        # travels in the job's runtime_env.
+        keys["+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"] = str(out_dir / "metrics.jsonl")
         if recipe.reward.get("path"):
             keys["reward.custom_reward_function.path"] = recipe.reward["path"]
             keys["reward.custom_reward_function.name"] = recipe.reward.get("name", "compute_score")
