@@ -120,6 +120,22 @@ def test_full_merge_bf16_matches_the_shards_and_verl(runs, tmp_path, capsys):
     assert set(ref) == set(got)
     for k, v in ref.items():
         assert torch.equal(got[k], v.to(torch.bfloat16)), k
+    # The folder is what `medrl eval` takes: merge then evaluate, the users' path.
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (128, 128), (50, 50, 50)).save(buf, format="PNG")
+    pd.DataFrame([{"data_source": "medrl/grounding", "prompt": [{"role": "user", "content": "<image>\nLocate."}],
+                   "images": [{"bytes": buf.getvalue()}], "ability": "grounding",
+                   "reward_model": {"style": "rule", "ground_truth": "[[0.1,0.1,0.5,0.5]]"},
+                   "extra_info": {"id": f"s{i}", "width": 128, "height": 128}} for i in range(2)]
+                 ).to_parquet(tmp_path / "val.parquet")
+    assert main(["eval", str(out), "--data", str(tmp_path / "val.parquet"), "--out", str(tmp_path / "ev"),
+                 "--max-new-tokens", "4"]) == 0
+    assert json.loads((tmp_path / "ev" / "report.json").read_text())["results"]["hf"]["overall"]["score"]["n"] == 2
     # verl's own `model_merger test` agrees with the folder (it merges in bfloat16, 1e-6 tolerance).
     cfg = ModelMergerConfig(operation="test", backend="fsdp", local_dir=str(runs / "full/global_step_1/actor"),
                             hf_model_config_path=str(ckpt_hf), test_hf_dir=str(out))

@@ -53,8 +53,11 @@ class GenerationLog:
                 raise ValueError(f"--resume: {self.path} was generated with other settings "
                                  f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
                                  "use another --out or drop --resume")
+        if resume:  # without a settings file (an older or hand-made log): keep what is there, record them
             done = self.read()
             self._repair()
+            if not self.meta_path.exists():
+                write_json(self.meta_path, meta)
             return done
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
