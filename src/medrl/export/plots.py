@@ -83,7 +83,9 @@ def category_bars(summaries: dict[str, dict], path: Path, group: str = "by_categ
         xs = [i + (m - (len(summaries) - 1) / 2) * width for i in range(len(cats))]
         ax.bar(xs, means, width=width, yerr=stds, capsize=3, color=color, alpha=0.8, label=name)
     ax.set_xticks(range(len(cats)))
-    ax.set_xticklabels(cats, rotation=20, ha="right", fontsize=8)
+    first = next(iter(summaries.values()))
+    labels = [f"{c} (n={(first[group].get(c) or {}).get('score', {}).get('n', 0)})" for c in cats]
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("mean reward score (± std)")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Reward per {group.removeprefix('by_').replace('_', ' ')}")
