@@ -171,6 +171,11 @@ class VLLMGenerator:
 
 def make_generator(model_path: str, backend: str = "auto", temperature: float = 0.0, max_images: int = 1):
     """The generator for `backend` (auto: vLLM when a GPU and vllm are present, else transformers)."""
+    folder = Path(model_path)
+    if folder.is_dir() and not (folder / "config.json").exists():
+        hint = (" it holds a LoRA adapter: evaluate the merged model (`medrl merge` without --lora-adapter-only)"
+                if (folder / "adapter_config.json").exists() else "")
+        raise ValueError(f"{folder}: no config.json, not a HuggingFace model folder;{hint}")
     if backend == "auto":
         backend = "vllm" if vllm_available() else "transformers"
     if backend == "vllm":
