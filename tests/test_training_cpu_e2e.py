@@ -85,8 +85,8 @@ def test_grpo_ran_with_metrics_and_agreeing_rollout(run):
         assert 0.0 <= m["critic/score/mean"] <= 1.0
         assert m["actor/grad_norm"] > 0.0  # a real update happened
         # The HF rollout's log-probs must be the actor's (3D rotary positions in both).
-        assert m["training/rollout_probs_diff_max"] < 1e-2
-        assert m["training/rollout_probs_diff_mean"] < 1e-3
+        assert m["training/rollout_probs_diff_max"] < 1e-3
+        assert m["training/rollout_probs_diff_mean"] < 1e-5  # measured ~2.5e-7 (fp32 actor)
     assert any(k.startswith("val-core/medrl/grounding/") for k in steps[2])  # validation ran
     for s in (1, 2):
         assert (out / "grpo" / "checkpoints" / f"global_step_{s}" / "actor" / "fsdp_config.json").is_file()

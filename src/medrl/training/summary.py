@@ -61,7 +61,7 @@ def plot_rewards(steps: dict[int, dict], out: Path) -> Path:
     return out
 
 
-def sample_answer(model_dir: Path, val_parquet: Path, max_new_tokens: int = 64) -> dict[str, str]:
+def sample_answer(model_dir: Path, val_parquet: Path, max_new_tokens: int = 160) -> dict[str, str]:
     """Load the final HF folder with transformers and answer the first validation prompt."""
     import pandas as pd
     import torch
