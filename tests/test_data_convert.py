@@ -175,3 +175,23 @@ def test_worker_processes_give_the_same_rows_in_the_same_order(tmp_path):
     for name in ("train.parquet", "val.parquet"):
         a, b = pq.read_table(tmp_path / "w1" / name), pq.read_table(tmp_path / "w2" / name)
         assert a.equals(b) and a.num_rows > 0
+
+
+def test_llava_parquet_with_embedded_image_structs(tmp_path):
+    import io
+
+    import pyarrow as pa
+
+    buf = io.BytesIO()
+    Image.new("L", (32, 16), 99).save(buf, format="PNG")
+    png = buf.getvalue()
+    recs = [{"id": f"p{i}", "image": {"bytes": png, "path": None}, "dataset": "vindr-cxr",
+             "conversations": [{"from": "human", "value": "<image>\nWhere?"},
+                               {"from": "gpt", "value": "located at [4, 2, 16, 8]"}]} for i in range(3)]
+    src = tmp_path / "llava.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), src)
+    s = convert(ConvertOptions(inputs=[str(src)], output_dir=str(tmp_path / "o"), progress=False))
+    assert s["rejected"] == 0
+    rows = pq.read_table(tmp_path / "o/train.parquet").to_pylist()
+    assert [r["images"][0]["bytes"] == png for r in rows] == [True] * 3
+    assert json.loads(rows[0]["reward_model"]["ground_truth"]) == [[0.125, 0.125, 0.5, 0.5]]  # pixels of 32x16

@@ -244,3 +244,16 @@ def test_fast_png_check_catches_damage_and_defers_interlaced_to_pil():
     ihdr[28] = 1  # IHDR's interlace byte (PIL writes no interlaced PNGs, so patch one)
     ihdr[29:33] = zlib.crc32(bytes(ihdr[12:29])).to_bytes(4, "big")
     assert png_size_checked(bytes(ihdr) + data[33:]) is None  # left to PIL's decoder
+
+
+def test_two_images_get_two_placeholders_and_data_uris_are_read(png, tmp_path):
+    import base64
+
+    path = png(size=(20, 10))
+    uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    data = rec("No finding.", question="Compare the two studies.")
+    data.pop("image")
+    data["images"] = ["a.png", uri]
+    (row,) = build(data, tmp_path).rows
+    assert row["prompt"][0]["content"].startswith("<image><image>\nCompare")
+    assert [i["bytes"] for i in row["images"]] == [path.read_bytes()] * 2

@@ -179,3 +179,21 @@ def test_truth_problem_rules():
     assert "x2 < x1" in truth_problem("[[0.5,0.2,0.3,0.4]]")
     assert "not JSON" in truth_problem("[[0.1,")
     assert "JSON string" in truth_problem(None)
+
+
+def test_two_image_rows_load_through_verl(sample_json, tiny_model_dir, tmp_path):
+    import json
+
+    recs = json.loads(sample_json.read_text())[:2]
+    for r in recs:
+        r["images"] = [r.pop("image"), "images/cxr_0005.png"]
+        r["conversations"][0]["value"] = r["conversations"][0]["value"].replace("<image>", "Current and prior:")
+    src = tmp_path / "two.json"
+    src.write_text(json.dumps(recs))
+    out = tmp_path / "two"
+    s = convert(ConvertOptions(inputs=[str(src)], output_dir=str(out), progress=False,
+                               record=RecordOptions(images=ImageOptions(image_root=str(sample_json.parent)))))
+    assert s["rows_written"] == {"train": 2}
+    ds, _ = _rlhf(out / "train.parquet", tiny_model_dir, tmp_path)
+    parts = [c for m in ds[1]["raw_prompt"] for c in m["content"]]
+    assert [c["type"] for c in parts][:2] == ["image", "image"]
