@@ -116,3 +116,18 @@ def test_lenient_parsing_never_raises_and_yields_ordered_finite_boxes(text):
         assert len(b) == 4 and all(math.isfinite(v) for v in b)
         assert b[0] <= b[2] and b[1] <= b[3]
     B.coerce_boxes(text)
+
+
+_box = st.tuples(*[st.floats(0, 1, allow_nan=False)] * 4).map(lambda b: (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_box, min_size=1, max_size=3), st.lists(_box, min_size=1, max_size=3))
+def test_small_exact_matching_equals_hungarian(pred, true):
+    from scipy.optimize import linear_sum_assignment
+
+    pairs = B.match_boxes(pred, true)
+    assert len({p for p, _, _ in pairs}) == len(pairs) == len({t for _, t, _ in pairs})  # one-to-one
+    m = np.array([[B.iou(p, t) for t in true] for p in pred])
+    rows, cols = linear_sum_assignment(m, maximize=True)
+    assert sum(v for *_, v in pairs) == pytest.approx(m[rows, cols].sum(), abs=1e-9)

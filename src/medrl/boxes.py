@@ -145,6 +145,26 @@ def resolve_convention(box: Sequence[float], convention: str, width: float | Non
     return "unknown"
 
 
+def _scale(conv: str, width: float | None, height: float | None,
+           min_pixels: int | None, max_pixels: int | None) -> tuple[float, float]:
+    """(x, y) divisors that take a box in convention `conv` to [0, 1]."""
+    if conv == "norm1":
+        return 1.0, 1.0
+    if conv == "norm1000":
+        return 1000.0, 1000.0
+    if conv in ("abs", "abs_resized"):
+        if not (width and height):
+            raise BoxError("pixel box without a known image size")
+        if conv == "abs":
+            return float(width), float(height)
+        rh, rw = smart_resize(int(height), int(width), min_pixels=min_pixels or QWEN_MIN_PIXELS,
+                              max_pixels=max_pixels or QWEN_MAX_PIXELS)
+        return float(rw), float(rh)
+    if conv == "unknown":
+        raise BoxError("coordinates above 1 with no known image size")
+    raise ValueError(f"unknown box convention {conv!r}; expected one of {CONVENTIONS}")
+
+
 def to_norm1(
     box: Sequence[float],
     convention: str = "auto",
@@ -154,48 +174,16 @@ def to_norm1(
     max_pixels: int | None = None,
 ) -> Box:
     """Convert one box to [0, 1] coordinates; raises BoxError when the convention needs a missing size."""
-    conv = resolve_convention(box, convention, width, height)
+    sx, sy = _scale(resolve_convention(box, convention, width, height), width, height, min_pixels, max_pixels)
     x1, y1, x2, y2 = (float(v) for v in box)
-    if conv == "norm1":
-        sx, sy = 1.0, 1.0
-    elif conv == "norm1000":
-        sx, sy = 1000.0, 1000.0
-    elif conv == "abs":
-        if not (width and height):
-            raise BoxError("pixel box without a known image size")
-        sx, sy = float(width), float(height)
-    elif conv == "abs_resized":
-        if not (width and height):
-            raise BoxError("pixel box without a known image size")
-        rh, rw = smart_resize(
-            int(height), int(width), min_pixels=min_pixels or QWEN_MIN_PIXELS, max_pixels=max_pixels or QWEN_MAX_PIXELS
-        )
-        sx, sy = float(rw), float(rh)
-    else:
-        raise BoxError("coordinates above 1 with no known image size")
     return (x1 / sx, y1 / sy, x2 / sx, y2 / sy)
 
 
 def from_norm1(box: Sequence[float], convention: str, width: int | None = None, height: int | None = None,
                min_pixels: int | None = None, max_pixels: int | None = None) -> Box:
     """Express a [0, 1] box in another convention (the inverse of `to_norm1`)."""
-    if convention in ("norm1", "auto"):
-        return tuple(float(v) for v in box)  # type: ignore[return-value]
-    if convention == "norm1000":
-        sx = sy = 1000.0
-    elif convention == "abs":
-        if not (width and height):
-            raise BoxError("pixel box without a known image size")
-        sx, sy = float(width), float(height)
-    elif convention == "abs_resized":
-        if not (width and height):
-            raise BoxError("pixel box without a known image size")
-        rh, rw = smart_resize(int(height), int(width), min_pixels=min_pixels or QWEN_MIN_PIXELS,
-                              max_pixels=max_pixels or QWEN_MAX_PIXELS)
-        sx, sy = float(rw), float(rh)
-    else:
-        raise ValueError(f"unknown box convention {convention!r}; expected one of {CONVENTIONS}")
-    x1, y1, x2, y2 = box
+    sx, sy = _scale("norm1" if convention == "auto" else convention, width, height, min_pixels, max_pixels)
+    x1, y1, x2, y2 = (float(v) for v in box)
     return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
 
 
@@ -294,12 +282,31 @@ def match_boxes(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]]
     if len(pred) == 1 and len(true) == 1:
         v = iou(pred[0], true[0])
         return [(0, 0, v)] if v > 0 else []
+    if len(pred) <= 3 and len(true) <= 3:
+        return _match_small(pred, true)
     import numpy as np
     from scipy.optimize import linear_sum_assignment
 
     m = np.array([[iou(p, t) for t in true] for p in pred], dtype=float)
     rows, cols = linear_sum_assignment(m, maximize=True)
     return [(int(r), int(c), float(m[r, c])) for r, c in zip(rows, cols) if m[r, c] > 0]
+
+
+def _match_small(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]]) -> list[tuple[int, int, float]]:
+    """Exact maximum-IoU assignment by enumeration; at most 6 candidates for up to 3x3 boxes.
+
+    Same optimum as the Hungarian algorithm, without scipy's per-call overhead
+    on the small cases that make up almost every rollout.
+    """
+    import itertools
+
+    m = [[iou(p, t) for t in true] for p in pred]
+    if len(pred) <= len(true):
+        options = ([(i, j) for i, j in enumerate(perm)] for perm in itertools.permutations(range(len(true)), len(pred)))
+    else:
+        options = ([(i, j) for j, i in enumerate(perm)] for perm in itertools.permutations(range(len(pred)), len(true)))
+    best = max(options, key=lambda pairs: sum(m[i][j] for i, j in pairs))
+    return sorted((i, j, m[i][j]) for i, j in best if m[i][j] > 0)
 
 
 def format_boxes(boxes: Iterable[Sequence[float]], decimals: int = 4) -> str:
