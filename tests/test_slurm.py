@@ -216,9 +216,12 @@ class Job:
         self.cluster = cluster
         self.ray_tmp = f"/tmp/mrl-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths are limited
         self.log = tmp_path / f"{name}.out"
+        self.tmpdir = tmp_path / "tmpdir"  # where the script keeps its own state
+        self.tmpdir.mkdir()
         # Fixed options first: `args` may end with `-- overrides`.
         self.script = render_cli(tmp_path, "--venv", str(VENV), "--ray-tmp", self.ray_tmp,
-                                 "--output", str(self.log), *SMALL_RAY, *args, name=f"{name}.sh")
+                                 "--output", str(self.log), f"--env=TMPDIR={self.tmpdir}",
+                                 *SMALL_RAY, *args, name=f"{name}.sh")
         assert shellcheck(self.script).returncode == 0
         proc = cluster.run("sbatch", "--parsable", str(self.script), cwd=str(REPO))
         assert proc.returncode == 0, proc.stderr
@@ -245,6 +248,7 @@ class Job:
         left = ray_processes(self.ray_tmp)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
         assert not left, f"job {self.id} left processes behind: {left}"
+        assert not list(self.tmpdir.glob("medrl-slurm-*")), f"job {self.id} left its state behind"
 
     def text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

@@ -72,6 +72,7 @@ medrl_cleanup() {
     local rc=$? pid i
     trap - EXIT TERM INT
     set +e
+    rm -rf "$MEDRL_STATE"  # first: on cancel, Slurm may SIGKILL this script before the end
     if [ -n "$MEDRL_CMD_PID" ] && kill -0 "$MEDRL_CMD_PID" 2>/dev/null; then
         medrl_log "stopping the command (pid $MEDRL_CMD_PID)"
         kill -TERM "$MEDRL_CMD_PID" 2>/dev/null
@@ -89,7 +90,6 @@ medrl_cleanup() {
         done
         for pid in "${MEDRL_STEP_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
     fi
-    rm -rf "$MEDRL_STATE"
     medrl_log "exit code $rc"
     exit "$rc"
 }
