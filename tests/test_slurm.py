@@ -365,3 +365,12 @@ def test_cpu_tiny_recipe_trains_through_the_slurm_bootstrap(local_slurm, tmp_pat
     # verl's driver joined the job's Ray cluster instead of starting one of its own.
     grpo_log = (run_dir / "grpo" / "train.log").read_text()
     assert f"Connecting to existing Ray cluster at address: {address}" in grpo_log
+
+
+@pytest.mark.slow
+def test_gres_is_left_out_for_cpu_nodes_because_slurm_rejects_it(local_slurm, tmp_path):
+    cpu = render_cli(tmp_path, "r", name="cpu.sh")
+    gpu = render_cli(tmp_path, "r", "--gpus-per-node", "1", name="gpu.sh")
+    assert local_slurm.run("sbatch", "--test-only", str(cpu)).returncode == 0
+    rejected = local_slurm.run("sbatch", "--test-only", str(gpu))
+    assert rejected.returncode != 0 and "gres" in rejected.stderr.lower()
