@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from medrl.data.convert import ConvertOptions, convert, val_score
+from medrl.data.convert import ConvertOptions, StrictFailure, convert, val_score
 from medrl.data.images import ImageOptions
 from medrl.data.records import RecordOptions
 from medrl.data.rejects import read_rejects
@@ -195,3 +195,20 @@ def test_llava_parquet_with_embedded_image_structs(tmp_path):
     rows = pq.read_table(tmp_path / "o/train.parquet").to_pylist()
     assert [r["images"][0]["bytes"] == png for r in rows] == [True] * 3
     assert json.loads(rows[0]["reward_model"]["ground_truth"]) == [[0.125, 0.125, 0.5, 0.5]]  # pixels of 32x16
+
+
+@pytest.mark.parametrize("raised,published", [(None, True), (KeyError, False), (StrictFailure, True)])
+def test_reject_log_is_published_on_success_and_on_kept_exceptions(tmp_path, raised, published):
+    from medrl.data.rejects import Reject, RejectLog
+
+    path = tmp_path / "rejects.jsonl"
+    try:
+        with RejectLog(path, keep_on=(StrictFailure,)) as log:
+            log.add(Reject("bad", "detail", "f.json", 3, "r3"))
+            if raised:
+                raise raised("stop")
+    except (KeyError, StrictFailure) as exc:
+        assert type(exc) is raised  # the exception still propagates
+    assert [f.name for f in tmp_path.iterdir()] == (["rejects.jsonl"] if published else [])  # no temp file left
+    if published:
+        assert [r["id"] for r in read_rejects(path)] == ["r3"]

@@ -215,3 +215,16 @@ def test_not_a_saved_dataset_is_named(tmp_path):
     (tmp_path / "junk").mkdir()
     with pytest.raises(ValueError, match="junk: not a datasets.save_to_disk folder"):
         list(read_arrow(tmp_path / "junk"))
+
+
+def test_prompt_length_rejects_one_row_and_keeps_the_pair_other_rows(sample_dir):
+    out = sample_dir / "len"
+    # grounding prompts are 320 characters, caption prompts 206: only the grounding rows are too long
+    assert run_cli("change", sample_dir / "levir_cc_like", "--output_dir", out, "--tasks", "grounding", "caption",
+                   "--max_prompt_chars", "300", "--no_progress") == 0
+    test = json.loads((out / "test_summary.json").read_text())
+    assert test["rows_written"] == {"test": 4} and test["rejects_by_reason"] == {"prompt over the character limit": 4}
+    assert test["task"] == "change grounding+caption" and test["inputs"] == [str(sample_dir / "levir_cc_like")]
+    rows = pq.read_table(out / "test.parquet").to_pylist()
+    assert {r["data_source"] for r in rows} == {"medrl/change_caption"}
+    assert [r["extra_info"]["index"] for r in rows] == [0, 1, 2, 3]

@@ -165,3 +165,36 @@ def test_strict_discards_parquet_but_keeps_rejects(tmp_path):
     (rej,) = [json.loads(x) for x in (tmp_path / "out/rejects.jsonl").read_text().splitlines()]
     assert (rej["reason"], rej["id"]) == (MASK_NOT_FOUND, "r-grounding")
     assert json.loads((tmp_path / "out/summary.json").read_text())["strict_failure"]
+
+
+def test_worker_processes_and_shuffle_give_the_sequential_rows(tmp_path, repo_root, monkeypatch):
+    from medrl.data import convert
+
+    shutil.copytree(repo_root / "examples/mecovqa", tmp_path / "src")
+    files = [tmp_path / "src" / f"MeCoVQA-{k}.json" for k in ("Complex", "Region", "Grounding")]
+    monkeypatch.setattr(convert, "INLINE_CHUNKS", 0)  # start the pool even for 12 records
+    monkeypatch.setattr(convert, "CHUNK", 2)
+    sent = []
+
+    class Pool(convert.cf.ProcessPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            sent.append(args[1])  # the builder each chunk travels with
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(convert.cf, "ProcessPoolExecutor", Pool)
+    common = ["--image_root", tmp_path / "src", "--val_fraction", "0.3", "--sft", "--no_progress"]
+    for w in ("1", "2"):
+        assert run_cli("mecovqa", *files, "--output_dir", tmp_path / f"w{w}", "--workers", w, *common) == 0
+    for name in ("train.parquet", "val.parquet", "sft_train.parquet", "sft_val.parquet"):
+        one, two = pq.read_table(tmp_path / "w1" / name), pq.read_table(tmp_path / "w2" / name)
+        assert one.num_rows > 0 and one.equals(two), name  # the builder reached the workers and order is kept
+    assert len(sent) == 6 and {b.func for b in sent} == {build_meco_rows}
+    summary = json.loads((tmp_path / "w2/summary.json").read_text())
+    assert summary["task"] == "mecovqa auto" and "options" not in summary
+    assert pq.read_schema(tmp_path / "w2/train.parquet").field("extra_info").type.names[-7:] == [
+        "task_type", "region", "region_mask", "mask", "action", "image2", "mix_group"]
+
+    assert run_cli("mecovqa", *files, "--output_dir", tmp_path / "s", "--shuffle", "--limit", "5", "--workers", "2",
+                   *common) == 0
+    summary = json.loads((tmp_path / "s/summary.json").read_text())
+    assert summary["records_converted"] == 5 and summary["records_filtered"] == {"not in the seeded sample": 7}

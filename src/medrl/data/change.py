@@ -23,17 +23,18 @@ import io
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 from medrl.boxes import BoxError, check_box, format_boxes, to_norm1
 from medrl.data import rejects
-from medrl.data.convert import ConvertOptions
-from medrl.data.format_pipeline import iter_sources, run_pipeline
+from medrl.data.convert import ConvertOptions, convert
 from medrl.data.images import load_image
 from medrl.data.readers import SourceRecord
 from medrl.data.records import IMAGE_TOKEN, RecordResult
 from medrl.data.rejects import Reject, RejectError
+from medrl.data.writer import FORMAT_EXTRA_FIELDS
 from medrl.rewards.change import action_vector
 
 CHANGE_TASKS = ("grounding", "action", "caption")
@@ -245,25 +246,19 @@ def build_change_rows(item: SourceRecord, opts: ChangeOptions, rec_opts, out_dir
 
 def prepare_change(opts: ConvertOptions, change: ChangeOptions = ChangeOptions()) -> list[dict]:
     """Convert change pairs from `opts.inputs` (load_from_disk folders); one summary per split written."""
-    out_dir = Path(opts.output_dir)
-
-    def build(item):
-        return build_change_rows(item, change, opts.record, out_dir)
-
-    label = "change " + "+".join(change.tasks)
+    # Module-level builder and reader (partials): worker processes can receive them.
+    opts = replace(opts, builder=partial(build_change_rows, opts=change, rec_opts=opts.record,
+                                         out_dir=Path(opts.output_dir)),
+                   reader=read_arrow, extra_fields=FORMAT_EXTRA_FIELDS, task_label="change " + "+".join(change.tasks))
     splits = [splits_of(p) for p in opts.inputs]
     if all(s is None for s in splits):
-        items = iter_sources(opts.inputs, read_arrow)
-        return [run_pipeline(items, build, opts, label)]
+        return [convert(opts)]
     if any(s is None for s in splits):
         raise ValueError("mix of DatasetDict and Dataset folders: convert them separately")
     names = sorted({n for s in splits for n in s}, key=lambda n: (n != "train", n))
-    summaries = []
-    for name in names:
-        paths = [p for p, s in zip(opts.inputs, splits) if name in s]
-        items = (it for p in paths for it in read_arrow(p, name))
-        summaries.append(run_pipeline(items, build, replace(opts, split_name=name, val_fraction=0.0), label, paths))
-    return summaries
+    return [convert(replace(opts, inputs=[p for p, s in zip(opts.inputs, splits) if name in s], split_name=name,
+                            val_fraction=0.0, reader=partial(read_arrow, split=name)))
+            for name in names]
 
 
 # ---------------------------------------------------------------- sample generator

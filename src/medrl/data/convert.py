@@ -2,6 +2,11 @@
 
 Memory stays flat in the input size: records stream from the readers, a bounded
 number of chunks is in flight in the worker processes, and rows leave in row groups.
+
+Formats whose rows are not plain LLaVA rows (MeCoVQA, change pairs) run through the same
+pipeline with their own hooks in `ConvertOptions`: a `reader`, a `builder` (record ->
+`RecordResult`; a module-level function or `functools.partial` so worker processes can
+receive it) and the `extra_fields` their rows add to extra_info.
 """
 
 from __future__ import annotations
@@ -14,18 +19,25 @@ import random
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
+
+import pyarrow as pa
 
 from medrl.atomic import write_json
 from medrl.data.length import LengthOptions, check_length
 from medrl.data.readers import SourceRecord, read_records
-from medrl.data.records import RecordOptions, build_rows, record_dataset, record_id
+from medrl.data.records import RecordOptions, RecordResult, build_source_rows, record_dataset, record_id
 from medrl.data.rejects import Reject, RejectError, RejectLog
 from medrl.data.writer import RowGroupWriter, rl_schema, sft_schema
 
 CHUNK = 64  # records per task sent to a worker process
 INLINE_CHUNKS = 4  # chunks converted in the main process before worker processes start
+HOOKS = ("builder", "reader", "extra_fields", "task_label")  # ConvertOptions fields a format sets, not a user
+
+Builder = Callable[[SourceRecord], RecordResult]
+Reader = Callable[[str], Iterator["SourceRecord | Reject"]]
 
 
 @dataclass
@@ -48,6 +60,11 @@ class ConvertOptions:
     workers: int = 1
     strict: bool = False
     progress: bool = True
+    # Format hooks (see the module docstring). A builder carries its own RecordOptions.
+    builder: Builder | None = None  # None: the LLaVA builder with `record`
+    reader: Reader | None = None  # None: read_records(path, input_format); inputs may then be folders
+    extra_fields: Sequence[tuple[str, pa.DataType]] = ()  # extra_info columns beyond writer.EXTRA_INFO
+    task_label: str | None = None  # summary "task" and progress label (default: record.task)
 
 
 class StrictFailure(Exception):
@@ -65,7 +82,7 @@ def _shuffle_key(seed: int, source: str, position: int) -> int:
 
 def _stream(opts: ConvertOptions) -> Iterator[SourceRecord | Reject]:
     for path in opts.inputs:
-        yield from read_records(path, opts.input_format)
+        yield from (opts.reader(path) if opts.reader else read_records(path, opts.input_format))
 
 
 def _passes_filter(item: SourceRecord, opts: ConvertOptions) -> bool:
@@ -90,13 +107,19 @@ def _pick_sample(opts: ConvertOptions) -> set[tuple[str, int]]:
     return {(s, p) for _, s, p in heap}
 
 
-def process_chunk(chunk: list[tuple], record_opts: RecordOptions, length_opts: LengthOptions) -> list[tuple]:
+def builder_of(opts: ConvertOptions) -> Builder:
+    """The run's record builder: `opts.builder`, or the LLaVA builder with `opts.record`."""
+    return opts.builder or partial(build_source_rows, opts=opts.record)
+
+
+def process_chunk(chunk: list[SourceRecord], builder: Builder, length_opts: LengthOptions) -> list[tuple]:
     """Worker: build and length-check the rows of a few records; never raises for bad records."""
     out = []
-    for data, source, position in chunk:
-        rid = record_id(data, source, position) if isinstance(data, dict) else None
+    for item in chunk:
+        source, position = item.source, item.position
+        rid = record_id(item.data, source, position) if isinstance(item.data, dict) else None
         try:
-            res = build_rows(data, source, position, record_opts)
+            res = builder(item)
         except RejectError as exc:
             out.append(("reject", Reject(exc.reason, exc.detail, source, position, rid)))
             continue
@@ -126,20 +149,21 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 def _run_chunks(chunks: Iterator[list], opts: ConvertOptions) -> Iterator[list[tuple]]:
     """Process chunks in order, in worker processes with a bounded window (memory stays flat)."""
+    builder = builder_of(opts)
     if opts.workers <= 1:
         for chunk in chunks:
-            yield process_chunk(chunk, opts.record, opts.length)
+            yield process_chunk(chunk, builder, opts.length)
         return
     # Small inputs never pay for starting the pool: the first chunks run in this process.
     for _ in range(INLINE_CHUNKS):
         chunk = next(chunks, None)
         if chunk is None:
             return
-        yield process_chunk(chunk, opts.record, opts.length)
+        yield process_chunk(chunk, builder, opts.length)
     with cf.ProcessPoolExecutor(max_workers=opts.workers) as pool:
         window: deque = deque()
         for chunk in chunks:
-            window.append(pool.submit(process_chunk, chunk, opts.record, opts.length))
+            window.append(pool.submit(process_chunk, chunk, builder, opts.length))
             if len(window) >= 2 * opts.workers:
                 yield window.popleft().result()
         while window:
@@ -182,7 +206,7 @@ def convert(opts: ConvertOptions) -> dict:
     if not 0.0 <= opts.val_fraction < 1.0:
         raise ValueError(f"--val_fraction must be in [0, 1), got {opts.val_fraction}")
     for path in opts.inputs:
-        if not Path(path).is_file():
+        if not (Path(path).exists() if opts.reader else Path(path).is_file()):
             raise FileNotFoundError(f"input file not found: {path}")
     out_dir = Path(opts.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +215,7 @@ def convert(opts: ConvertOptions) -> dict:
     summary_path = out_dir / f"{prefix}summary.json"
     names = output_names(opts)
     image_mode = opts.record.images.mode
+    label = opts.task_label or opts.record.task
 
     t0 = time.perf_counter()
     sample = _pick_sample(opts) if (opts.shuffle and opts.limit) else None
@@ -217,32 +242,31 @@ def convert(opts: ConvertOptions) -> dict:
                 filtered["over --limit"] += 1
                 continue
             taken += 1
-            yield (item.data, item.source, item.position)
+            yield item
 
     writers: dict[str, RowGroupWriter] = {}
     sft_writers: dict[str, RowGroupWriter] = {}
     # The rejects file is published even when --strict discards the parquet outputs.
-    log_ctx = RejectLog(rejects_path)
-    log = log_ctx.__enter__()
     try:
-        with contextlib.ExitStack() as stack:
+        with RejectLog(rejects_path, keep_on=(StrictFailure,)) as log, contextlib.ExitStack() as stack:
             for split, name in names.items():
                 writers[split] = stack.enter_context(
-                    RowGroupWriter(out_dir / name, rl_schema(image_mode), opts.row_group_size))
+                    RowGroupWriter(out_dir / name, rl_schema(image_mode, opts.extra_fields), opts.row_group_size))
                 if opts.record.sft:
                     sft_writers[split] = stack.enter_context(
-                        RowGroupWriter(out_dir / f"sft_{name}", sft_schema(image_mode), opts.row_group_size))
-            bar = stack.enter_context(tqdm(desc=f"prepare {opts.record.task}", unit=" rec",
+                        RowGroupWriter(out_dir / f"sft_{name}", sft_schema(image_mode, opts.extra_fields),
+                                       opts.row_group_size))
+            bar = stack.enter_context(tqdm(desc=f"prepare {label}", unit=" rec",
                                            disable=not opts.progress, mininterval=1.0))
             buffers = {s: _ShuffleBuffer(opts.shuffle_buffer if opts.shuffle else 1, opts.seed) for s in names}
 
             next_index: Counter = Counter()
 
-            def emit(split: str, rows: Iterable[dict]) -> None:
+            def emit(key: str, writer: RowGroupWriter | None, rows: Iterable[dict]) -> None:
                 for row in rows:
-                    row["extra_info"]["index"] = next_index[split]  # row number within its file
-                    next_index[split] += 1
-                    writers[split].write(row)
+                    row["extra_info"]["index"] = next_index[key]  # row number within its file
+                    next_index[key] += 1
+                    writer.write(row)
 
             for results in _run_chunks(_chunks(accepted(), CHUNK), opts):
                 for res in results:
@@ -254,28 +278,21 @@ def convert(opts: ConvertOptions) -> dict:
                         log.add(b)
                     dropped.update(rec_dropped)
                     counts["records_converted"] += 1
-                    split = opts.split_name or ("val" if val_score(rid) < opts.val_fraction else "train")
+                    split = opts.split_name or ("val" if val_score(str(rid)) < opts.val_fraction else "train")
                     for row in rows + sft_rows:
                         row["extra_info"]["split"] = split
-                    emit(split, [r for grp in buffers[split].push(rows) for r in grp])
-                    for row in sft_rows:
-                        row["extra_info"]["index"] = next_index[f"sft_{split}"]
-                        next_index[f"sft_{split}"] += 1
-                        sft_writers[split].write(row)
+                    emit(split, writers[split], [r for grp in buffers[split].push(rows) for r in grp])
+                    emit(f"sft_{split}", sft_writers.get(split), sft_rows)
             for split, buf in buffers.items():
-                emit(split, [r for grp in buf.drain() for r in grp])
+                emit(split, writers[split], [r for grp in buf.drain() for r in grp])
             if opts.strict and log.total:
                 raise StrictFailure(f"--strict: {log.total} record(s) rejected; no parquet written")
     except StrictFailure as exc:
         failed = str(exc)
-    except BaseException as exc:
-        log_ctx.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    log_ctx.__exit__(None, None, None)
 
     seconds = time.perf_counter() - t0
     summary = {
-        "task": opts.record.task,
+        "task": label,
         "inputs": [str(p) for p in opts.inputs],
         "output_dir": str(out_dir),
         "records_read": counts["records_read"],
@@ -292,12 +309,14 @@ def convert(opts: ConvertOptions) -> dict:
         "sft_outputs": {s: str(out_dir / f"sft_{n}") for s, n in names.items()} if sft_writers and not failed else {},
         "rejects_file": str(rejects_path),
         "strict_failure": failed,
-        "options": _options_dict(opts),
     }
+    if opts.builder is None:  # with a format's builder the options alone do not say how rows were made
+        summary["options"] = _options_dict(opts)
     write_json(summary_path, summary)
     summary["summary_file"] = str(summary_path)
     return summary
 
 
 def _options_dict(opts: ConvertOptions) -> dict:
-    return asdict(opts)
+    """The user-set options as plain data (the hooks are code, not settings)."""
+    return {k: v for k, v in asdict(opts).items() if k not in HOOKS}

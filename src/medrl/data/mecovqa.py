@@ -21,15 +21,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from medrl.data import rejects
-from medrl.data.convert import ConvertOptions
-from medrl.data.format_pipeline import iter_sources, run_pipeline, with_extra
-from medrl.data.readers import SourceRecord, read_records
+from medrl.data.convert import ConvertOptions, convert
+from medrl.data.readers import SourceRecord
 from medrl.data.records import DEFAULT_DATA_SOURCE, RecordOptions, RecordResult, build_rows
 from medrl.data.rejects import RejectError
+from medrl.data.writer import FORMAT_EXTRA_FIELDS
 
 KINDS = ("auto", "complex", "region", "grounding")
 MASK_NOT_FOUND = "mask not found"
@@ -118,6 +119,13 @@ def _fmt(box, decimals: int = 2) -> str:
     return "[" + ", ".join(f"{v:.{decimals}f}" for v in box) + "]"
 
 
+def _turns(conv: list, roles: tuple[str, ...]) -> Iterator[tuple[dict, str]]:
+    """(turn, its text) of the turns spoken by one of `roles`."""
+    for t in conv:
+        if isinstance(t, dict) and str(t.get("from", "")).lower() in roles:
+            yield t, str(t.get("value", ""))
+
+
 def record_kind(data: dict) -> str:
     """complex, region or grounding, from the tags in the record's turns."""
     conv = data.get("conversations") or []
@@ -147,56 +155,49 @@ def build_meco_rows(item: SourceRecord, meco: MecoOptions, rec_opts: RecordOptio
     if kind == "grounding":
         task = "grounding"
         masks = []
-        for t in conv:
-            if isinstance(t, dict) and str(t.get("from", "")).lower() in ("gpt", "assistant"):
-                value = str(t.get("value", ""))
-                refs = _MASK_RE.findall(value)
-                if not refs:
-                    continue
-                boxes = []
-                for ref in refs:
-                    found, path = load_mask_boxes(ref, mask_root, base_dir, meco.min_area)
-                    boxes += found
-                    masks.append(path)
-                shown = " and ".join(_fmt(b, 4) for b in boxes)  # the truth keeps 4 decimals
-                text = _MASK_RE.sub("", value).strip()
-                text = _SEG_RE.sub(shown, text, count=1) if _SEG_RE.search(text) else f"{text} {shown}".strip()
-                t["value"] = _SEG_RE.sub("", text).strip()
+        for t, value in _turns(conv, ("gpt", "assistant")):
+            refs = _MASK_RE.findall(value)
+            if not refs:
+                continue
+            boxes = []
+            for ref in refs:
+                found, path = load_mask_boxes(ref, mask_root, base_dir, meco.min_area)
+                boxes += found
+                masks.append(path)
+            shown = " and ".join(_fmt(b, 4) for b in boxes)  # the truth keeps 4 decimals
+            text = _MASK_RE.sub("", value).strip()
+            text = _SEG_RE.sub(shown, text, count=1) if _SEG_RE.search(text) else f"{text} {shown}".strip()
+            t["value"] = _SEG_RE.sub("", text).strip()
         if not masks:
             raise RejectError(rejects.NOT_GROUNDING, "grounding record without <mask>...</mask> in a gpt turn")
         extra["mask"] = masks[0]
     elif kind == "region":
         task = meco.region_task
-        for t in conv:
-            if isinstance(t, dict) and str(t.get("from", "")).lower() in ("human", "user"):
-                value = str(t.get("value", ""))
-                m = _REGION_RE.search(value)
-                if not m:
-                    continue
-                boxes, path = load_mask_boxes(m.group(1), mask_root, base_dir, meco.min_area)
-                region = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-                          max(b[3] for b in boxes))
-                before = value[:m.start()].rstrip()
-                said = "" if before.lower().endswith("region") else "region "
-                t["value"] = f"{before} {said}{_fmt(region)}{value[m.end():]}".strip()
-                extra.setdefault("region", list(region))
-                extra.setdefault("region_mask", path)
+        for t, value in _turns(conv, ("human", "user")):
+            m = _REGION_RE.search(value)
+            if not m:
+                continue
+            boxes, path = load_mask_boxes(m.group(1), mask_root, base_dir, meco.min_area)
+            region = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                      max(b[3] for b in boxes))
+            before = value[:m.start()].rstrip()
+            said = "" if before.lower().endswith("region") else "region "
+            t["value"] = f"{before} {said}{_fmt(region)}{value[m.end():]}".strip()
+            extra.setdefault("region", list(region))
+            extra.setdefault("region_mask", path)
         if "region" not in extra:
             raise RejectError("mecovqa: region record without <region>...</region>")
     else:
         task = meco.complex_task
     opts = replace(rec_opts, task=task, data_source=rec_opts.data_source or DEFAULT_DATA_SOURCE[task],
                    sft_think=rec_opts.sft_think if rec_opts.sft_think is not None else SFT_THINK[kind])
-    return with_extra(build_rows(rec, item.source, item.position, opts), **extra)
+    return build_rows(rec, item.source, item.position, opts).with_extra(**extra)
 
 
 def prepare_mecovqa(opts: ConvertOptions, meco: MecoOptions = MecoOptions()) -> dict:
-    """Convert MeCoVQA JSON file(s) (`opts.inputs`) to verl parquet; returns the summary."""
-    def build(item):
-        return build_meco_rows(item, meco, opts.record)
-
-    items = iter_sources(opts.inputs, lambda p: read_records(p, opts.input_format))
-    return run_pipeline(items, build, opts, f"mecovqa {meco.kind}")
+    """Convert MeCoVQA JSON file(s) (`opts.inputs`) to verl parquet with `convert`; returns the summary."""
+    return convert(replace(opts, builder=partial(build_meco_rows, meco=meco, rec_opts=opts.record),
+                           extra_fields=FORMAT_EXTRA_FIELDS, task_label=f"mecovqa {meco.kind}"))
 
 
 # ---------------------------------------------------------------- sample generator

@@ -39,21 +39,22 @@ import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
 from medrl.atomic import atomic_path, write_json
-from medrl.data.format_pipeline import format_rl_schema
+from medrl.data.convert import Builder
 from medrl.data.images import ImageOptions
 from medrl.data.length import LengthOptions, check_length
-from medrl.data.readers import SourceRecord, read_records
-from medrl.data.records import RecordOptions, RecordResult, build_rows, record_id
+from medrl.data.readers import read_records
+from medrl.data.records import RecordOptions, build_source_rows, record_id
 from medrl.data.rejects import Reject, RejectError, RejectLog
-from medrl.data.writer import RowGroupWriter
+from medrl.data.writer import FORMAT_EXTRA_FIELDS, RowGroupWriter, rl_schema
 
 FORMATS = ("unimedvl", "llava", "mecovqa", "change", "verl")
 PATH_KEYS = ("path", "jsonl_path", "json_path", "data_path", "parquet_path", "arrow_path")
@@ -191,8 +192,7 @@ def load_mix(path: str | Path, image_mode: str = "embed") -> list[Group]:
     return groups
 
 
-def _producer(group: Group, ds: DatasetRef, rec: RecordOptions,
-              out_dir: Path) -> tuple[Iterator, Callable[[SourceRecord], RecordResult] | None]:
+def _producer(group: Group, ds: DatasetRef, rec: RecordOptions, out_dir: Path) -> tuple[Iterator, Builder | None]:
     """(items of one dataset, row builder) for the group's format."""
     o = group.options
     rec = replace(rec, images=replace(group.images, image_root=ds.image_root),
@@ -206,18 +206,18 @@ def _producer(group: Group, ds: DatasetRef, rec: RecordOptions,
         default = "report" if ds.format == "unimedvl" else rec.task  # as `prepare unimedvl` / `prepare convert`
         rec = replace(rec, task=o.get("task", default))
         items = read_unimedvl(ds.path) if ds.format == "unimedvl" else read_records(ds.path)
-        return items, lambda it: build_rows(it.data, it.source, it.position, rec)
+        return items, partial(build_source_rows, opts=rec)
     if ds.format == "mecovqa":
         from medrl.data.mecovqa import MecoOptions, build_meco_rows
 
         meco = MecoOptions(**{k: o[k] for k in ("kind", "min_area", "complex_task", "region_task") if k in o},
                            mask_root=ds.image_root)
-        return read_records(ds.path), lambda it: build_meco_rows(it, meco, rec)
+        return read_records(ds.path), partial(build_meco_rows, meco=meco, rec_opts=rec)
     from medrl.data.change import ChangeOptions, build_change_rows, read_arrow, splits_of
 
     change = ChangeOptions(tuple(o.get("tasks", ("grounding", "caption"))))
     split = o.get("split") or ("train" if splits_of(ds.path) else None)
-    return read_arrow(ds.path, split), lambda it: build_change_rows(it, change, rec, out_dir)
+    return read_arrow(ds.path, split), partial(build_change_rows, opts=change, rec_opts=rec, out_dir=out_dir)
 
 
 def _verl_rows(path: str) -> Iterator[dict]:
@@ -237,7 +237,7 @@ def _check_foreign(row: dict, mode: str) -> None:
 def convert_group(group: Group, rec: RecordOptions, length: LengthOptions, target: Path, out_dir: Path,
                   log: RejectLog) -> dict:
     """Convert a group's sliced lines into the parquet `target`; returns the counts."""
-    schema = format_rl_schema(group.images.mode)
+    schema = rl_schema(group.images.mode, FORMAT_EXTRA_FIELDS)
     line = 0
     counts = Counter()
     with RowGroupWriter(target, schema, 256) as w:
@@ -329,18 +329,9 @@ def mix(config: str | Path, output: str | Path, total: int | None = None, seed: 
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"\.parquet$", "", output.name)
     log_path = output.with_name(f"{stem}_rejects.jsonl")
-    log_ctx = RejectLog(log_path)
-    log = log_ctx.__enter__()
-    try:
+    with RejectLog(log_path, keep_on=(MixError,)) as log:  # the rejects say why a group came out empty
         stats, live, take = _build(groups, str(config), output, stem, total, seed, record or RecordOptions(),
                                    length or LengthOptions(), allow_repeat, progress, log)
-    except MixError:
-        log_ctx.__exit__(None, None, None)  # the rejects say why a group came out empty: keep them
-        raise
-    except BaseException as exc:
-        log_ctx.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    log_ctx.__exit__(None, None, None)
     n_total = sum(take)
     wsum = sum(g.weight for g, _, _ in live)
     taken = dict(zip((g.name for g, _, _ in live), take))

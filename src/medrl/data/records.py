@@ -25,6 +25,7 @@ from typing import Any
 from medrl.boxes import BoxError, find_box_candidates, format_boxes, parse_truth_boxes
 from medrl.data import rejects
 from medrl.data.images import ImageInfo, ImageOptions, load_image
+from medrl.data.readers import SourceRecord
 from medrl.data.rejects import RejectError
 
 TASKS = ("grounding", "report", "vqa")
@@ -90,6 +91,12 @@ class RecordResult:
     rows: list[dict]
     sft_rows: list[dict]
     dropped: Counter
+
+    def with_extra(self, **extra) -> "RecordResult":
+        """Add the same extra_info keys to every row (RL and SFT); returns self."""
+        for row in self.rows + self.sft_rows:
+            row["extra_info"].update(extra)
+        return self
 
 
 def record_id(data: dict, source: str, position: int) -> str:
@@ -317,3 +324,8 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
                            "question": messages[answer_idx[-1] - 1]["content"]},
         })
     return RecordResult(rows, sft_rows, dropped)
+
+
+def build_source_rows(item: SourceRecord, opts: RecordOptions) -> RecordResult:
+    """The LLaVA builder of a read record (the default `ConvertOptions.builder`); raises RejectError."""
+    return build_rows(item.data, item.source, item.position, opts)

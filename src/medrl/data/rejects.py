@@ -59,6 +59,8 @@ class RejectLog:
     """Counts rejects by reason and streams them to a JSONL file (atomically published on close)."""
 
     path: Path | None = None
+    # Exceptions after which the file is still published: the rejects explain that failure.
+    keep_on: tuple[type[BaseException], ...] = ()
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, Reject] = field(default_factory=dict)
     _ctx: Any = None
@@ -86,6 +88,8 @@ class RejectLog:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._fh is not None:
             self._fh.close()
+            if exc_type is not None and issubclass(exc_type, self.keep_on):
+                exc_type = exc = tb = None  # publish; the exception still propagates
             self._ctx.__exit__(exc_type, exc, tb)
 
 

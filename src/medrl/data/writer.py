@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,30 +34,50 @@ EXTRA_INFO = pa.struct([
 ])
 
 
+# extra_info keys the seed formats add (null where a row has none). MeCoVQA, change pairs and
+# mixes all write this same union, so every row of a mix has the same keys (verl's reward loop).
+FORMAT_EXTRA_FIELDS = (
+    ("task_type", pa.string()),       # UniMedVL main_task_type / MeCoVQA kind / change task
+    ("region", pa.list_(pa.float64())),   # MeCoVQA Region: the asked-about region as a [0,1] box
+    ("region_mask", pa.string()),     # ... and the mask file it came from
+    ("mask", pa.string()),            # MeCoVQA Grounding: the answer's mask file
+    ("action", pa.list_(pa.float64())),   # change: [cx, cy, scale] of the change box
+    ("image2", pa.string()),          # change: origin of the second ("after") image
+    ("mix_group", pa.string()),       # mixing: the group the row was drawn from
+)
+
+
 def image_type(image_mode: str) -> pa.DataType:
     """Struct type of one entry of `images` for the given image mode."""
     return IMAGE_REFERENCE if image_mode == "ref" else EMBEDDED_IMAGE
 
 
-def rl_schema(image_mode: str = "embed") -> pa.Schema:
-    """Schema of verl's RL parquet (RLHFDataset)."""
+def extra_info_type(extra_fields: Sequence[tuple[str, pa.DataType]] = ()) -> pa.StructType:
+    """`EXTRA_INFO` followed by `extra_fields` ((name, type) pairs)."""
+    if not extra_fields:
+        return EXTRA_INFO
+    return pa.struct(list(EXTRA_INFO) + [pa.field(n, t) for n, t in extra_fields])
+
+
+def rl_schema(image_mode: str = "embed", extra_fields: Sequence[tuple[str, pa.DataType]] = ()) -> pa.Schema:
+    """Schema of verl's RL parquet (RLHFDataset); `extra_fields` are appended to extra_info."""
     return pa.schema([
         ("data_source", pa.string()),
         ("prompt", pa.list_(MESSAGE)),
         ("images", pa.list_(image_type(image_mode))),
         ("ability", pa.string()),
         ("reward_model", REWARD_MODEL),
-        ("extra_info", EXTRA_INFO),
+        ("extra_info", extra_info_type(extra_fields)),
     ])
 
 
-def sft_schema(image_mode: str = "embed") -> pa.Schema:
+def sft_schema(image_mode: str = "embed", extra_fields: Sequence[tuple[str, pa.DataType]] = ()) -> pa.Schema:
     """Schema of verl's multi-turn SFT parquet (MultiTurnSFTDataset: `messages` + `images`)."""
     return pa.schema([
         ("messages", pa.list_(MESSAGE)),
         ("images", pa.list_(image_type(image_mode))),
         ("data_source", pa.string()),
-        ("extra_info", EXTRA_INFO),
+        ("extra_info", extra_info_type(extra_fields)),
     ])
 
 
