@@ -29,3 +29,15 @@ def test_success_replaces_and_respects_umask(tmp_path):
         os.umask(old)
     assert target.read_text().strip().startswith("{") and '"x": 1' in target.read_text()
     assert (target.stat().st_mode & 0o777) == 0o644
+
+
+def test_mode_for_executables(tmp_path):
+    from medrl.atomic import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "job.sh", mode=0o777) as tmp:
+            tmp.write_text("#!/bin/sh\n")
+    finally:
+        os.umask(old)
+    assert ((tmp_path / "job.sh").stat().st_mode & 0o777) == 0o755

@@ -11,8 +11,11 @@ from typing import IO, Any, Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto `target` on success."""
+def atomic_path(target: str | os.PathLike, mode: int = 0o666) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto `target` on success.
+
+    The file gets `mode` less the umask, as open() would give it (0o777 for scripts).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -23,7 +26,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600; outputs are shared on clusters, so honour the umask like open() does.
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        os.chmod(tmp_path, mode & ~umask)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

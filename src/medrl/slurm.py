@@ -237,12 +237,8 @@ def write_job(path: str | os.PathLike, recipe: str, **options) -> Path:
     """Render and atomically write an executable sbatch script; return its path."""
     text = render_job(recipe, **options)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, mode=0o777) as tmp:  # a job script is executable
         tmp.write_text(text, encoding="utf-8")
-    # atomic_path gives 0666 & ~umask; a job script is also executable.
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o777 & ~umask)
     return path
 
 
