@@ -254,6 +254,11 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) or type(v).__name__.startswith(("float", "int", "uint"))
 
 
+def enclosing_box(boxes: Sequence[Sequence[float]]) -> Box:
+    """The smallest box containing every box in a non-empty sequence."""
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
 def box_area(b: Sequence[float]) -> float:
     """Area of a box; zero for degenerate boxes."""
     return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])

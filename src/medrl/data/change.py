@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
-from medrl.boxes import BoxError, check_box, format_boxes, to_norm1
+from medrl.boxes import BoxError, check_box, enclosing_box, format_boxes, to_norm1
 from medrl.data import rejects
 from medrl.data.convert import ConvertOptions, convert
 from medrl.data.images import load_image
@@ -200,8 +200,7 @@ def build_change_rows(item: SourceRecord, opts: ChangeOptions, rec_opts, out_dir
     boxes = change_boxes(data.get("bbox"), w, h)
     action = None
     if boxes:
-        enclosing = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-                     max(b[3] for b in boxes))
+        enclosing = enclosing_box(boxes)
         action = [round(v, 6) for v in action_vector(enclosing)]
     caption = _caption(data.get("caption"))
     dropped: Counter = Counter()

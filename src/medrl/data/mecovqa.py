@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
+from medrl.boxes import enclosing_box
 from medrl.data import rejects
 from medrl.data.convert import ConvertOptions, convert
 from medrl.data.readers import SourceRecord
@@ -178,8 +179,7 @@ def build_meco_rows(item: SourceRecord, meco: MecoOptions, rec_opts: RecordOptio
             if not m:
                 continue
             boxes, path = load_mask_boxes(m.group(1), mask_root, base_dir, meco.min_area)
-            region = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-                      max(b[3] for b in boxes))
+            region = enclosing_box(boxes)
             before = value[:m.start()].rstrip()
             said = "" if before.lower().endswith("region") else "region "
             t["value"] = f"{before} {said}{_fmt(region)}{value[m.end():]}".strip()

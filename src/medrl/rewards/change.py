@@ -30,7 +30,7 @@ import math
 import re
 from typing import Any, Sequence
 
-from medrl.boxes import CONVENTIONS, BoxError, coerce_boxes, find_box_candidates, iou, to_norm1
+from medrl.boxes import CONVENTIONS, BoxError, coerce_boxes, enclosing_box, find_box_candidates, iou, to_norm1
 from medrl.rewards.answer import answer_section, states_no_finding
 
 KEYS = ("score", "error", "center_error", "scale_error", "iou", "parsed", "from_box", "no_change")
@@ -89,8 +89,7 @@ def truth_action(ground_truth: Any, extra_info: Any = None) -> tuple[Action | No
             return act, None, False
         boxes = coerce_boxes(flat)
         if boxes:
-            box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-                   max(b[3] for b in boxes))
+            box = enclosing_box(boxes)
             if all(0.0 <= v <= 1.0 + 1e-9 for v in box):
                 return action_vector(box), box, False
         if len(flat) == 0:
