@@ -20,7 +20,9 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser from every installed command module."""
-    parser = argparse.ArgumentParser(prog="medrl", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="medrl", description="Reinforcement-learning post-training of medical vision-language models on verl."
+    )
     parser.add_argument("--version", action="version", version=f"medrl {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
