@@ -111,6 +111,9 @@ def test_merged_model_loads_in_transformers_and_generates(run):
     from medrl.training.summary import sample_answer
 
     out, _, manifest = run
+    # medrl's verified merger wrote it, in the CPU actor's fp32 (verl's own merger writes bf16).
+    assert "verified" in (out / "grpo" / "merge.log").read_text()
+    assert json.loads((out / "final" / "config.json").read_text())["dtype"] == "float32"
     model = AutoModelForImageTextToText.from_pretrained(out / "final", dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(out / "final")
     assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == model.config.image_token_id

@@ -8,7 +8,7 @@ Layout of a run folder::
     <stage>/train.log        the verl trainer's full output
     <stage>/metrics*.jsonl   verl's file logger, one file per attempt
     <stage>/checkpoints/     verl checkpoints (resumed with trainer.resume_mode=auto)
-    <stage>/merged/          the stage's HuggingFace folder (verl.model_merger)
+    <stage>/merged/          the stage's HuggingFace folder (medrl.export.merge: verified, fp32 on CPU)
     final -> <last stage>/merged
 
 A stage whose `merged/` folder is complete is skipped when the pipeline is run again; a stage
@@ -98,12 +98,29 @@ def _short_step_line(line: str) -> str:
     return " - ".join(keep)
 
 
-def merge(local_dir: Path, target: Path, env: dict[str, str], log: Path) -> Path:
-    """Merge a verl FSDP checkpoint into a HuggingFace folder with verl's own merger."""
-    cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-           "--local_dir", str(local_dir), "--target_dir", str(target)]
-    if _stream(cmd, env, log, None) != 0:
-        raise RuntimeError(f"merge of {local_dir} failed; see {log}")
+def merge_dtype(recipe: Recipe) -> str:
+    """dtype of the merged folders: fp32 on CPU (the CPU actor trains in fp32), bf16 on GPU."""
+    return "fp32" if recipe.device == "cpu" else "bf16"
+
+
+def merge(local_dir: Path, target: Path, dtype: str, log: Path) -> Path:
+    """Merge a verl FSDP checkpoint into a verified HuggingFace folder with `medrl.export.merge`."""
+    from medrl.export.merge import MergeError, MergePlan
+    from medrl.export.merge import merge as verified_merge
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as fh:
+        def note(line: str) -> None:
+            fh.write(f"{line}\n")
+            fh.flush()
+
+        note(f"$ medrl merge {local_dir} --out {target} --dtype {dtype}")
+        try:  # an earlier interrupted attempt may have left `target` without its DONE marker
+            info = verified_merge(MergePlan(local_dir, target, dtype=dtype), overwrite=True, log=note)
+        except MergeError as exc:
+            note(f"error: {exc}")
+            raise RuntimeError(f"merge of {local_dir} failed: {exc} (see {log})") from exc
+        note(json.dumps(info, default=str))
     return target
 
 
@@ -207,7 +224,7 @@ def run_pipeline(
             raise RuntimeError(f"stage {st.name!r} failed with exit code {rc}; see {stage_dir / 'train.log'}")
         t = time.time()
         echo(f"[{st.name}] merging {latest_checkpoint(st, stage_dir)} -> {merged}")
-        merge(latest_checkpoint(st, stage_dir), merged, env, stage_dir / "merge.log")
+        merge(latest_checkpoint(st, stage_dir), merged, merge_dtype(recipe), stage_dir / "merge.log")
         (merged / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
         manifest["timings_s"][f"{st.name}_merge"] = round(time.time() - t, 1)
         manifest["stages"][st.name].update(status="done", merged=str(merged))
