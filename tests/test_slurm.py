@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -344,18 +345,16 @@ def test_cpu_tiny_recipe_trains_through_the_slurm_bootstrap(local_slurm, tmp_pat
     if not (REPO / "recipes" / "cpu_tiny.yaml").exists():
         pytest.skip("recipes/cpu_tiny.yaml is not there yet")
     run_dir = tmp_path / "run"
+    stray = REPO / "medrl" / "cpu_tiny-grpo.jsonl"  # where verl's file logger writes without its env
+    before = stray.stat().st_mtime if stray.exists() else None
     # A 1-node Ray cluster with the logical CPUs/GPUs the CPU recipe asks of its local Ray;
-    # verl must connect to it (RAY_ADDRESS) rather than start its own.
-    # `medrl train` sets up a CPU run for the Ray cluster it starts itself; on a cluster that
-    # the job started, the same must reach the raylets (--env) and ray.init must not size it.
-    from medrl.training.env import run_env
-
-    env = run_env("cpu", base={})
+    # verl must connect to it (RAY_ADDRESS) rather than start its own, and the medrl run
+    # environment must reach its Ray workers without any --env here.
     job = Job(local_slurm, tmp_path, "cpu_tiny", "--ray-cpus", "16", "--ray-gpus", "2",
-              "--ray-object-store", "400000000", "--ray-wait", "120", "--pipeline",
-              *(f"--env={k}={v}" for k, v in sorted(env.items())), "--",
-              "grpo.ray_kwargs.ray_init.num_cpus=null", "grpo.+ray_kwargs.ray_init.num_gpus=null",
-              "--out", str(run_dir))
+              "--ray-object-store", "400000000", "--ray-wait", "120", "--pipeline", "--",
+              "sft.trainer.total_training_steps=2", "sft.trainer.test_freq=2",
+              "grpo.trainer.total_training_steps=2", "grpo.trainer.val_before_train=False",
+              "grpo.data.max_response_length=24", "--out", str(run_dir))
     state = job.wait(1800)
     log = job.text()
     assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", log[-5000:]
@@ -365,6 +364,10 @@ def test_cpu_tiny_recipe_trains_through_the_slurm_bootstrap(local_slurm, tmp_pat
     # verl's driver joined the job's Ray cluster instead of starting one of its own.
     grpo_log = (run_dir / "grpo" / "train.log").read_text()
     assert f"Connecting to existing Ray cluster at address: {address}" in grpo_log
+    # The TaskRunner (a worker of the job's cluster) wrote the metrics into the run folder.
+    steps = [json.loads(line)["step"] for line in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert 2 in steps
+    assert (stray.stat().st_mtime if stray.exists() else None) == before, f"{stray} was written"
 
 
 @pytest.mark.slow

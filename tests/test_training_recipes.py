@@ -35,7 +35,8 @@ def test_required_recipes_exist():
         assert name in RECIPES
 
 
-def test_cpu_recipe_carries_the_cpu_settings(tmp_path):
+def test_cpu_recipe_carries_the_cpu_settings(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     recipe = R.resolve_paths(R.load_recipe("cpu_tiny"), tmp_path)
     sft, grpo = recipe.stages
     a = _args(R.build_command(recipe, grpo, tmp_path / "grpo", model_path=str(tmp_path / "sft/merged")))
@@ -51,6 +52,36 @@ def test_cpu_recipe_carries_the_cpu_settings(tmp_path):
     cmd = R.build_command(recipe, sft, tmp_path / "sft", model_path="/m")
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert _args(cmd)["engine.strategy"] == "fsdp2"
+
+
+def test_joining_a_ray_cluster_drops_the_sizes_and_carries_the_run_env(tmp_path, monkeypatch):
+    from medrl.training.env import run_env
+
+    recipe = R.resolve_paths(R.load_recipe("cpu_tiny"), tmp_path)
+    grpo = recipe.stage("grpo")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the driver's own value is the one workers get
+    alone = _args(R.build_command(recipe, grpo, tmp_path / "grpo", model_path="/m"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    joined = _args(R.build_command(recipe, grpo, tmp_path / "grpo", model_path="/m"))
+    assert alone["ray_kwargs.ray_init.num_cpus"] == "16" and alone["+ray_kwargs.ray_init.num_gpus"] == "2"
+    assert "ray_kwargs.ray_init.num_cpus" not in joined and "+ray_kwargs.ray_init.num_gpus" not in joined
+    # Composed by Hydra exactly as verl will: every value a str (Ray refuses ints and bools).
+    from hydra import compose, initialize_config_dir
+
+    from medrl.training.verl_keys import verl_config_dir
+
+    with initialize_config_dir(config_dir=str(verl_config_dir()), version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=[f"{k}={v}" for k, v in joined.items()])
+    carried = dict(cfg.ray_kwargs.ray_init.runtime_env.env_vars)
+    assert all(type(v) is str for v in carried.values()), carried
+    assert set(run_env("cpu", base={})) <= set(carried)
+    assert carried["VERL_PLATFORM"] == "cpu" and carried["OMP_NUM_THREADS"] == "3"
+    assert carried["HF_HUB_OFFLINE"] == "1" and carried["TOKENIZERS_PARALLELISM"] == "false"
+    assert "medrl.training.cpu_backend" in carried["VERL_USE_EXTERNAL_MODULES"]
+    # Every metrics file lands in the stage folder, even from a worker that misses the exact path.
+    assert carried["VERL_FILE_LOGGER_PATH"] == str(tmp_path / "grpo" / "metrics.jsonl")
+    assert carried["VERL_FILE_LOGGER_ROOT"] == str(tmp_path / "grpo")
+    assert len(carried) == len(run_env("cpu", base={})) + 2  # nothing else from the user's shell
 
 
 def test_gpu_recipes_freeze_the_vision_tower_and_lora_excludes_it(tmp_path):

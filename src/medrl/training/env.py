@@ -31,3 +31,18 @@ def run_env(device: str = "cpu", base: Mapping[str, str] | None = None) -> dict[
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("MKL_NUM_THREADS", "1")
     return env
+
+
+def ray_env_vars(device: str = "cpu", base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables `run_env` sets, with the values it gives them: what Ray workers must also see."""
+    full = run_env(device, base)
+    return {k: full[k] for k in run_env(device, base={})}
+
+
+def metrics_env(stage_dir: str | os.PathLike) -> dict[str, str]:
+    """Point verl's file logger into the stage folder, also for a process that misses the exact path."""
+    stage_dir = os.path.abspath(stage_dir)
+    return {"VERL_FILE_LOGGER_PATH": os.path.join(stage_dir, "metrics.jsonl"),
+            # Without VERL_FILE_LOGGER_PATH verl writes <root>/<project>/<experiment>.jsonl, root
+            # defaulting to the worker's current directory: keep even that inside the run folder.
+            "VERL_FILE_LOGGER_ROOT": stage_dir}

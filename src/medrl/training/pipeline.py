@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medrl.atomic import write_json
-from medrl.training.env import run_env
+from medrl.training.env import metrics_env, run_env
 from medrl.training.recipes import Recipe, RecipeError, Stage, build_command, resolve_paths
 
 DONE = ".medrl_done"
@@ -210,7 +210,7 @@ def run_pipeline(
         if metrics.is_file():  # verl's file logger truncates; keep the earlier attempt's figures
             n = len(list(stage_dir.glob("metrics.*.jsonl")))
             metrics.rename(stage_dir / f"metrics.{n}.jsonl")
-        stage_env["VERL_FILE_LOGGER_PATH"] = str(metrics)
+        stage_env.update(metrics_env(stage_dir))
         manifest["stages"][st.name] = {"trainer": st.trainer, "command": cmd, "status": "running",
                                        "init_from": str(start) if start else model}
         write_json(manifest_path, manifest)

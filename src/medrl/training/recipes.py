@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from medrl.training.env import metrics_env, ray_env_vars
 from medrl.training.verl_keys import TRAINERS, RecipeError, check_overrides, verl_config  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -245,8 +247,18 @@ def apply_overrides(recipe: Recipe, overrides: list[str], stage: str | None = No
 # ---- building the command line --------------------------------------------------------------
 
 
+class Text(str):
+    """A value Hydra must keep a string: Ray wants str env vars, and Hydra reads `1` as int, `false` as bool."""
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _fmt(value: Any) -> str:
     """Format a value for Hydra's override grammar."""
+    if isinstance(value, Text):
+        return _quote(value)
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -259,7 +271,7 @@ def _fmt(value: Any) -> str:
         return "{" + ",".join(f"{k}:{_fmt(v)}" for k, v in value.items()) + "}"
     text = str(value)
     if any(c in text for c in " ,[]{}()'\"=:\\$*") and not text.startswith(("/", "./")):
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return _quote(text)
     return text
 
 
@@ -287,10 +299,12 @@ def stage_overrides(
                 "trainer.logger": ["console", "file"],
             }
         )
-        # verl's file logger lives in the TaskRunner, a Ray worker: on a Ray cluster that the job
-        # started (Slurm), workers do not inherit the driver's environment, so the metrics path
-        # travels in the job's runtime_env.
-        keys["+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"] = str(out_dir / "metrics.jsonl")
+        # On a Ray cluster that the job started (Slurm, RAY_ADDRESS), workers do not inherit the
+        # driver's environment: medrl's variables (CPU platform, HF rollout module, threads) and
+        # the metrics path of verl's file logger (it lives in the TaskRunner, a Ray worker) travel
+        # in the job's runtime_env.
+        for k, v in {**ray_env_vars(recipe.device), **metrics_env(out_dir)}.items():
+            keys[f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}"] = Text(v)
         if recipe.reward.get("path"):
             keys["reward.custom_reward_function.path"] = recipe.reward["path"]
             keys["reward.custom_reward_function.name"] = recipe.reward.get("name", "compute_score")
@@ -300,6 +314,10 @@ def stage_overrides(
             keys.update(CPU_PPO)
             # Ray accepts logical GPUs on a GPU-less host; one per FSDP rank.
             keys["+ray_kwargs.ray_init.num_gpus"] = res["gpus_per_node"] * res["nnodes"]
+        if os.environ.get("RAY_ADDRESS"):
+            # Joining an existing cluster, Ray refuses resource sizes: `ray start` set them.
+            keys.pop("ray_kwargs.ray_init.num_cpus", None)
+            keys.pop("+ray_kwargs.ray_init.num_gpus", None)
     else:
         keys.update(
             {
