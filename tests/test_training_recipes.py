@@ -179,3 +179,24 @@ def test_cli_dry_run_prints_the_command_and_unknown_key_fails(tmp_path):
     assert "actor_rollout_ref.rollout.n" in bad.stderr
     sft = _medrl("pipeline", "cpu_tiny", "--dry-run", "--out", str(tmp_path), cwd=tmp_path)
     assert sft.returncode == 0 and "verl.trainer.sft_trainer" in sft.stdout and "main_ppo" in sft.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "cpu_tiny", "a.b=1", "c=2", "--out", "X", "--dry-run"],
+    ["train", "cpu_tiny", "--out", "X", "a.b=1", "--dry-run", "c=2"],
+    ["train", "cpu_tiny", "--out=X", "--dry-run", "--", "a.b=1", "c=2"],
+    ["pipeline", "cpu_tiny", "--out", "X", "a.b=1", "c=2", "--dry-run"],
+])
+def test_overrides_are_accepted_before_between_and_after_options(argv):
+    from medrl.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.overrides == ["a.b=1", "c=2"] and args.out == "X" and args.dry_run
+
+
+def test_an_unknown_option_is_still_refused(capsys):
+    from medrl.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "cpu_tiny", "--out", "X", "--bogus", "a=b"])
+    assert "--bogus" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from medrl.atomic import atomic_path
+from medrl.training.argv import collect_overrides
 
 # sbatch reads #SBATCH lines itself, so quoting does not help there: allow only plain tokens.
 _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,:+=@%/\[\]-]+$")
@@ -316,26 +317,7 @@ def register(subparsers) -> None:
     p.add_argument("--simulate-workers", type=int, default=0, help=hidden)
     p.add_argument("--judge-command", help=hidden)
     p.set_defaults(func=_main)
-    _collect_overrides(p)
-
-
-def _collect_overrides(parser: argparse.ArgumentParser) -> None:
-    """Let key=value overrides follow the options (`... --out x.sh -- a=b`), which argparse refuses."""
-    parse_known = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        argv = list(sys.argv[1:] if args is None else args)
-        ns, extras = parse_known(argv, namespace)
-        ns.argv = argv  # recorded in the script, so it says how to regenerate it
-        tail: list[str] = []
-        if "--" in extras:
-            cut = extras.index("--")
-            extras, tail = extras[:cut], extras[cut + 1:]
-        loose = [e for e in extras if not e.startswith("-")]
-        ns.overrides = [*(ns.overrides or []), *loose, *tail]
-        return ns, [e for e in extras if e.startswith("-")]
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    collect_overrides(p)
 
 
 def _main(args: argparse.Namespace) -> int:

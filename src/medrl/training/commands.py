@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from medrl.training.argv import collect_overrides
+
 OVERRIDE_HELP = (
     "key=value overrides: recipe keys (model, device, data.*, reward.*, resources.*) or verl keys "
     "(e.g. trainer.total_training_steps=2, +actor_rollout_ref.model.override_config.x=y); "
@@ -21,24 +23,6 @@ def _run_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_flags(args: argparse.Namespace) -> argparse.Namespace:
-    """Let flags follow the overrides (`medrl train R a=b --dry-run`): argparse stops at them."""
-    rest, overrides = list(args.overrides or []), []
-    while rest:
-        item = rest.pop(0)
-        name, eq, value = item.partition("=")
-        if item == "--dry-run":
-            args.dry_run = True
-        elif name in ("--out", "--stage") and hasattr(args, name[2:]):
-            setattr(args, name[2:], value if eq else (rest.pop(0) if rest else None))
-        elif item.startswith("--"):
-            raise SystemExit(f"medrl {args.command}: unknown option {item}")
-        else:
-            overrides.append(item)
-    args.overrides = overrides
-    return args
-
-
 def _load(args: argparse.Namespace, stage: str | None = None):
     from medrl.training.recipes import apply_overrides, load_recipe
 
@@ -52,7 +36,6 @@ def _run_train(args: argparse.Namespace) -> int:
     from medrl.training.pipeline import run_pipeline
     from medrl.training.recipes import RecipeError
 
-    _split_flags(args)
     try:
         recipe = _load(args, args.stage)
         stage = recipe.stage(args.stage)
@@ -73,7 +56,6 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     from medrl.training.recipes import RecipeError
     from medrl.training.summary import write_summary
 
-    _split_flags(args)
     try:
         recipe = _load(args)
         out = Path(args.out or Path("runs") / recipe.name)
@@ -100,17 +82,19 @@ def register(subparsers) -> None:
     ):
         p = subparsers.add_parser(name, help=helptext, description=helptext)
         p.add_argument("recipe", help="recipe name (recipes/NAME.yaml) or path")
-        p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value", help=OVERRIDE_HELP)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDE_HELP)
         p.add_argument("--out", default=None, help="run folder (default runs/<recipe name>)")
         p.add_argument("--dry-run", action="store_true", help="print the exact verl command line(s) and stop")
         if name == "train":
             p.add_argument("--stage", default=None, help="stage to run (default: the last one)")
         p.set_defaults(func=fn)
+        collect_overrides(p)
 
     p = subparsers.add_parser(
         "demo", help="the main job on CPU: tiny model, sample data, SFT warm-up, GRPO, merge, summary"
     )
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value", help=OVERRIDE_HELP)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDE_HELP)
     p.add_argument("--dry-run", action="store_true", help="print the verl command lines and stop")
     p.set_defaults(func=_run_pipeline, recipe="cpu_tiny")
+    collect_overrides(p)
