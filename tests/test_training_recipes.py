@@ -200,3 +200,18 @@ def test_an_unknown_option_is_still_refused(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "cpu_tiny", "--out", "X", "--bogus", "a=b"])
     assert "--bogus" in capsys.readouterr().err
+
+
+def test_cpu_tiny_prompt_length_fits_every_sample_prompt(tmp_path, tiny_model_dir):
+    # verl refuses (does not cut) an image prompt longer than rollout.prompt_length.
+    from medrl.cli import main
+    from medrl.data.check import check_file
+
+    recipe = R.load_recipe("cpu_tiny")
+    limit = recipe.stage("grpo").overrides["data.max_prompt_length"]
+    (prepare,) = recipe.raw["prepare"]
+    assert main(["prepare", *(str(R._resolve(a, tmp_path)) for a in prepare), "--output_dir", str(tmp_path)]) == 0
+    for split in ("train", "val"):
+        report = check_file(tmp_path / f"{split}.parquet", processor=str(tiny_model_dir),
+                            max_prompt_length=limit, progress=False)
+        assert not report["problems"], report["problems"]

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from medrl.atomic import write_json
 from medrl.training.env import metrics_env, run_env
-from medrl.training.recipes import Recipe, RecipeError, Stage, build_command, resolve_paths
+from medrl.training.recipes import Recipe, RecipeError, Stage, _resolve, build_command, resolve_paths
 
 DONE = ".medrl_done"
 
@@ -129,7 +129,9 @@ def _prepare(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> None:
         out = run_dir / "data"
         if (out / "summary.json").is_file():
             continue
-        cmd = [sys.executable, "-m", "medrl.cli", "prepare", *[str(a) for a in args], "--output_dir", str(out)]
+        # Paths in the recipe are relative to the repository (or the current folder): resolve them.
+        cmd = [sys.executable, "-m", "medrl.cli", "prepare", *[str(_resolve(a, run_dir)) for a in args],
+               "--output_dir", str(out)]
         echo(f"[data] medrl prepare {' '.join(map(str, args))}")
         if _stream(cmd, env, run_dir / "prepare.log", None) != 0:
             raise RuntimeError(f"data preparation failed; see {run_dir / 'prepare.log'}")
