@@ -283,6 +283,16 @@ def stage_overrides(
     model = model_path or recipe.model
     res = recipe.resources
     keys: dict[str, Any] = {}
+    # Both trainers share verl's `trainer.*` section.
+    trainer_keys = {
+        "trainer.nnodes": res["nnodes"],
+        "trainer.n_gpus_per_node": res["gpus_per_node"],
+        "trainer.default_local_dir": str(out_dir / "checkpoints"),
+        "trainer.project_name": "medrl",
+        "trainer.experiment_name": f"{recipe.name}-{stage.name}",
+        "trainer.resume_mode": "auto",
+        "trainer.logger": ["console", "file"],
+    }
     if stage.trainer == "ppo":
         keys.update(
             {
@@ -290,13 +300,7 @@ def stage_overrides(
                 "data.val_files": data.get("val", data.get("train")),
                 "data.image_key": data.get("image_key", "images"),
                 "actor_rollout_ref.model.path": model,
-                "trainer.nnodes": res["nnodes"],
-                "trainer.n_gpus_per_node": res["gpus_per_node"],
-                "trainer.default_local_dir": str(out_dir / "checkpoints"),
-                "trainer.project_name": "medrl",
-                "trainer.experiment_name": f"{recipe.name}-{stage.name}",
-                "trainer.resume_mode": "auto",
-                "trainer.logger": ["console", "file"],
+                **trainer_keys,
             }
         )
         # On a Ray cluster that the job started (Slurm, RAY_ADDRESS), workers do not inherit the
@@ -324,13 +328,7 @@ def stage_overrides(
                 "data.train_files": data.get("sft_train"),
                 "data.val_files": data.get("sft_val", data.get("sft_train")),
                 "model.path": model,
-                "trainer.nnodes": res["nnodes"],
-                "trainer.n_gpus_per_node": res["gpus_per_node"],
-                "trainer.default_local_dir": str(out_dir / "checkpoints"),
-                "trainer.project_name": "medrl",
-                "trainer.experiment_name": f"{recipe.name}-{stage.name}",
-                "trainer.resume_mode": "auto",
-                "trainer.logger": ["console", "file"],
+                **trainer_keys,
             }
         )
         if recipe.device == "cpu":
