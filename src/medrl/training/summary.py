@@ -62,27 +62,17 @@ def plot_rewards(steps: dict[int, dict], out: Path) -> Path:
 
 
 def sample_answer(model_dir: Path, val_parquet: Path, max_new_tokens: int = 160) -> dict[str, str]:
-    """Load the final HF folder with transformers and answer the first validation prompt."""
-    import pandas as pd
-    import torch
-    from PIL import Image
-    import io
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """Load the final HF folder with transformers and answer the first validation prompt (greedy)."""
+    # The evaluation path's own row reader and generator: same images, chat template and
+    # mm_token_type_ids as `medrl eval`, so the summary shows what an evaluation would see.
+    from medrl.export.generate import HFGenerator
+    from medrl.export.rows import read_rows
 
-    row = pd.read_parquet(val_parquet).iloc[0]
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    text = row["prompt"][0]["content"]
-    image_entry = row["images"][0]
-    data = image_entry.get("bytes") if isinstance(image_entry, dict) else None
-    image = Image.open(io.BytesIO(data) if data else image_entry["image"]).convert("RGB")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text.replace("<image>", "")}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    inputs = processor(text=[prompt], images=[image], return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    answer = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
-    return {"question": text, "truth": str(row["reward_model"]["ground_truth"]), "answer": answer}
+    row = read_rows(val_parquet, limit=1)[0]
+    answer = HFGenerator(str(model_dir), dtype="fp32").generate([row], max_new_tokens)[0]
+    question = " ".join(p.get("text", "") for m in row.messages if m.get("role") == "user"
+                        for p in m.get("content", []) if p.get("type") == "text")
+    return {"question": question, "truth": str(row.ground_truth), "answer": answer}
 
 
 def write_summary(run_dir: Path, manifest: dict[str, Any], rl_stage: str | None = None) -> Path:
