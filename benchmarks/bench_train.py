@@ -27,7 +27,8 @@ import psutil
 
 from medrl.training.env import run_env
 from medrl.training.pipeline import _model, _prepare, latest_checkpoint, merge
-from medrl.training.recipes import apply_overrides, build_command, load_recipe, resolve_paths
+from medrl.training.recipes import apply_overrides, load_recipe, resolve_paths
+from medrl.training.verl_command import build_command
 
 
 def tree_pss(proc: psutil.Process) -> int:

