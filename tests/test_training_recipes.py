@@ -102,8 +102,10 @@ def test_overrides_reach_the_right_place(tmp_path):
     r = R.apply_overrides(
         recipe,
         ["trainer.total_training_steps=2", "sft.optim.lr=1e-4", "model=/my/model", "data.train=/d/t.parquet",
-         "+actor_rollout_ref.model.override_config.rope_theta=5"],
+         "+actor_rollout_ref.model.override_config.rope_theta=5", "data.max_prompt_length=999"],
     )
+    # data.train is the recipe's file; any other data.X is verl's key for the stage.
+    assert r.stage("grpo").overrides["data.max_prompt_length"] == 999 and "max_prompt_length" not in r.data
     assert r.stage("grpo").overrides["trainer.total_training_steps"] == 2
     assert r.stage("sft").overrides["optim.lr"] == 1e-4
     assert r.stage("sft").overrides["trainer.total_training_steps"] == 100  # untouched

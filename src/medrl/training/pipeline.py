@@ -156,8 +156,12 @@ def run_pipeline(
     stages: list[str] | None = None,
     dry_run: bool = False,
     echo: Callable[[str], None] = print,
+    preflight: Callable[[Recipe, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or, with dry_run, print) the recipe's stages in `run_dir`; returns the manifest."""
+    """Run (or, with dry_run, print) the recipe's stages in `run_dir`; returns the manifest.
+
+    `preflight(recipe, model)` runs once the model and data exist, before the first stage.
+    """
     run_dir = Path(run_dir).resolve()
     recipe = resolve_paths(recipe, run_dir)
     env = run_env(recipe.device)
@@ -192,6 +196,8 @@ def run_pipeline(
         k: {"path": v, "sha256": file_sha256(Path(v))} for k, v in recipe.data.items() if v and Path(v).is_file()
     }
     write_json(manifest_path, manifest)
+    if preflight is not None:
+        preflight(recipe, model)
 
     last_merged = None
     for st in recipe.stages:
