@@ -234,7 +234,7 @@ def test_enhanced_falls_back_to_iou_and_counts(tmp_path, monkeypatch):
 
 
 def test_no_eval_in_reward_code():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     files = list((root / "src/medrl/rewards").rglob("*.py")) + list((root / "custom_reward").glob("*.py"))
     assert files
     for path in files:
