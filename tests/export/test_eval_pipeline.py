@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from medrl.export.rows import RowError, read_rows
-from medrl.export.runner import RunConfig, run_eval
+from medrl.export.eval_pipeline import RunConfig, run_eval
 
 BOX1 = [0.2, 0.2, 0.5, 0.7]
 BOX2 = [0.55, 0.1, 0.9, 0.4]
