@@ -199,6 +199,26 @@ def test_a_merge_that_does_not_verify_is_an_error(runs, tmp_path, capsys, monkey
     assert "is stored as F32" in capsys.readouterr().err
 
 
+def test_a_swapped_key_mapping_in_the_merge_is_caught_by_the_verifier(runs, tmp_path, capsys, monkeypatch):
+    """The verifier maps shard keys itself: the merge writing two same-shape tensors under each other's name fails."""
+    import torch
+
+    from medrl.cli import main
+    from medrl.export import merge as merge_mod
+
+    q = "model.language_model.layers.0.self_attn.q_proj.weight"
+    o = "model.language_model.layers.0.self_attn.o_proj.weight"
+    shard = torch.load(runs / "full/global_step_1/actor/model_world_size_2_rank_0.pt", weights_only=False)
+    assert shard[q].shape == shard[o].shape and not torch.equal(shard[q]._local_tensor, shard[o]._local_tensor)
+    real = merge_mod.hf_key
+    swapped = {q: o, o: q}
+    monkeypatch.setattr(merge_mod, "hf_key", lambda key: swapped.get(real(key), real(key)))
+    out = tmp_path / "hf"
+    assert main(["merge", str(runs / "full"), "--out", str(out), "--dtype", "fp32"]) == 1
+    assert f"tensor {o}: differs from the FSDP shards" in capsys.readouterr().err  # o_proj sorts first
+    assert not out.exists() and (tmp_path / "hf.unverified").is_dir()
+
+
 def test_lora_merged_into_the_base_equals_the_adapter_model(runs, tmp_path, tiny_model_dir):
     import torch
     from peft import LoraConfig, get_peft_model
