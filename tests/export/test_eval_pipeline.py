@@ -233,7 +233,9 @@ def test_cli_with_the_tiny_model(tmp_path, tiny_model_dir):
             "--max-new-tokens", "8", "--reward", "iou", "--limit", "5"]
     assert main(argv) == 0
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
-    assert len(gens) == 5 and all(isinstance(g["text"], str) for g in gens)
+    assert [g["key"] for g in gens] == [r.key for r in read_rows(data, limit=5)]
+    scored = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert [s["output"] for s in scored] == [g["text"] for g in gens]  # what was generated is what was scored
     meta = json.loads((out / "generations.meta.json").read_text())
     assert meta["backend"] == "transformers" and meta["max_new_tokens"] == 8
     report = json.loads((out / "report.json").read_text())
