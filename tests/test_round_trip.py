@@ -129,8 +129,9 @@ def box_text(draw, pixels: bool) -> str:
         return f"[{x1}, {y1}, {x2}, {y2}]"
     decimals = draw(st.integers(2, 6))
     grid = 10 ** decimals
-    x1, x2 = sorted(draw(st.lists(st.integers(0, grid), min_size=2, max_size=2, unique=True)))
-    y1, y2 = sorted(draw(st.lists(st.integers(0, grid), min_size=2, max_size=2, unique=True)))
+    gap = max(1, grid // 5000)  # narrower than 0.0002 the stored 4 decimals make a box of zero width (rejected)
+    x1, y1 = draw(st.integers(0, grid - gap)), draw(st.integers(0, grid - gap))
+    x2, y2 = draw(st.integers(x1 + gap, grid)), draw(st.integers(y1 + gap, grid))
     return "[" + ", ".join(f"{v / grid:.{decimals}f}" for v in (x1, y1, x2, y2)) + "]"
 
 

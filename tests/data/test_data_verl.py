@@ -82,6 +82,7 @@ def test_file_reference_images_load_through_verl(sample_json, tiny_model_dir, tm
     assert len(imgs) == 1 and isinstance(imgs[0], Image.Image)
 
 
+@pytest.mark.slow  # the tiny model's processor over every sample row, twice (about 20 s)
 def test_exact_token_filter_agrees_with_verls_own_filter(sample_json, tiny_model_dir, tmp_path):
     proc = load_processor(str(tiny_model_dir))
     rows = pq.read_table(_full(sample_json, tmp_path) / "train.parquet").to_pylist()

@@ -223,6 +223,7 @@ def test_bad_rows_name_the_file_and_row(tmp_path):
         read_rows(tmp_path / "missing.parquet")
 
 
+@pytest.mark.slow  # real generation with the tiny model, batched and one by one (about 20 s)
 def test_cli_with_the_tiny_model(tmp_path, tiny_model_dir):
     """The real path: processor chat template, image refs, batched left-padded HF generate, CLI output."""
     from medrl.cli import main
