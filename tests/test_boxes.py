@@ -15,11 +15,11 @@ from medrl import boxes as B
 def test_radvlm_answer_with_several_boxes_and_findings():
     text = ("There is a nodule located at the coordinates [0.12, 0.34, 0.56, 0.78] and [0.6, 0.1, 0.9, 0.3]; "
             "an effusion located at the coordinates [0.05, 0.7, 0.4, 0.95].")
-    assert B.parse_truth_boxes(text) == [(0.12, 0.34, 0.56, 0.78), (0.6, 0.1, 0.9, 0.3), (0.05, 0.7, 0.4, 0.95)]
+    assert B.truth_boxes_in_text(text) == [(0.12, 0.34, 0.56, 0.78), (0.6, 0.1, 0.9, 0.3), (0.05, 0.7, 0.4, 0.95)]
 
 
 def test_pixel_truth_boxes_normalised_by_image_size():
-    assert B.parse_truth_boxes("at [64, 32, 128, 96]", width=256, height=128) == [(0.25, 0.25, 0.5, 0.75)]
+    assert B.truth_boxes_in_text("at [64, 32, 128, 96]", width=256, height=128) == [(0.25, 0.25, 0.5, 0.75)]
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_pixel_truth_boxes_normalised_by_image_size():
 )
 def test_malformed_truth_boxes_raise_with_reason(text, reason):
     with pytest.raises(B.BoxError) as err:
-        B.parse_truth_boxes(text, width=None if "no known" in reason else 100, height=None if "no known" in reason else 100)
+        B.truth_boxes_in_text(text, width=None if "no known" in reason else 100, height=None if "no known" in reason else 100)
     assert str(err.value) == reason
 
 
@@ -98,15 +98,43 @@ def test_hungarian_beats_greedy():
     assert sum(v for *_, v in pairs) == pytest.approx(1.0 + 0.9)
 
 
-def test_coerce_ground_truth_shapes():
+def test_stored_ground_truth_shapes_read_strictly():
     expected = [(0.1, 0.2, 0.3, 0.4)]
-    assert B.coerce_boxes("[[0.1, 0.2, 0.3, 0.4]]") == expected
-    assert B.coerce_boxes([[0.1, 0.2, 0.3, 0.4]]) == expected
-    assert B.coerce_boxes([0.1, 0.2, 0.3, 0.4]) == expected
-    assert B.coerce_boxes(np.array([np.array([0.1, 0.2, 0.3, 0.4])], dtype=object)) == expected
-    assert B.coerce_boxes(np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32))[0] == pytest.approx(expected[0])
-    assert B.coerce_boxes("[]") == [] and B.coerce_boxes(None) == [] and B.coerce_boxes(np.array([])) == []
+    assert B.read_truth_boxes("[[0.1, 0.2, 0.3, 0.4]]") == expected
+    assert B.read_truth_boxes([[0.1, 0.2, 0.3, 0.4]]) == expected
+    assert B.read_truth_boxes([0.1, 0.2, 0.3, 0.4]) == expected
+    assert B.read_truth_boxes({"bbox_2d": [0.1, 0.2, 0.3, 0.4]}) == expected
+    assert B.read_truth_boxes(np.array([np.array([0.1, 0.2, 0.3, 0.4])], dtype=object)) == expected
+    assert B.read_truth_boxes(np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32))[0] == pytest.approx(expected[0])
+    assert B.read_truth_boxes("[]") == [] and B.read_truth_boxes(None) == [] and B.read_truth_boxes(np.array([])) == []
+    assert B.read_truth_boxes([[16, 32, 48, 64]], width=64, height=128) == [(0.25, 0.25, 0.75, 0.5)]
+    assert B.read_truth_boxes([[0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4]], zero_box_is_empty=True) == expected
     assert B.format_boxes(expected) == "[[0.1,0.2,0.3,0.4]]"
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("[[0.1,", "boxes are not JSON"),
+    ("no finding", "boxes are not JSON"),
+    (7, "boxes are int, not a list of boxes"),
+    ([[0.1, 0.2, 0.3]], "box with 3 numbers"),
+    ([[0.5, 0.2, 0.3, 0.4]], "box with x2 < x1 or y2 < y1"),
+    ([["a", 0.2, 0.3, 0.4]], "box ['a', 0.2, 0.3, 0.4] is not a list of numbers"),
+    ([[10, 20, 30, 40]], "coordinates above 1 with no known image size"),
+    ([[0.2, 0.2, 0.2, 0.4]], "box with zero width or height"),
+    ([[0.1, 0.2, 0.10001, 0.4]], "box with zero width or height"),  # zero once stored with 4 decimals
+    ("[[0.1, 0.2, NaN, 0.4]]", "box with NaN or infinite coordinate"),
+])
+def test_stored_ground_truth_problems_name_the_reason(value, reason):
+    with pytest.raises(B.BoxError) as err:
+        B.read_truth_boxes(value)
+    assert str(err.value) == reason
+
+
+def test_box_text_writes_exactly_the_stored_truth():
+    assert B.box_text((0.1, 0.25, 1.0, 0.0)) == "[0.10, 0.25, 1.00, 0.00]"  # RadVLM's two decimals
+    assert B.box_text((0.203125, 0.5, 0.71875, 0.6)) == "[0.2031, 0.50, 0.7188, 0.60]"  # a pixel box's 4 digits
+    box = B.read_truth_boxes([[13, 5, 46, 39]], width=64, height=64)[0]
+    assert B.truth_boxes_in_text(B.box_text(box)) == [box]
 
 
 @settings(max_examples=300, deadline=None)
@@ -115,7 +143,10 @@ def test_lenient_parsing_never_raises_and_yields_ordered_finite_boxes(text):
     for b in B.parse_boxes(text):
         assert len(b) == 4 and all(math.isfinite(v) for v in b)
         assert b[0] <= b[2] and b[1] <= b[3]
-    B.coerce_boxes(text)
+    try:
+        B.read_truth_boxes(text)  # the strict reader raises BoxError and nothing else
+    except B.BoxError:
+        pass
 
 
 _box = st.tuples(*[st.floats(0, 1, allow_nan=False)] * 4).map(lambda b: (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])))

@@ -5,7 +5,7 @@
 
 import sys
 
-from medrl.data.doors import door_main
+from medrl.data.seed_scripts import seed_script_main
 
 if __name__ == "__main__":
-    sys.exit(door_main("llava_json_to_verl_iou"))
+    sys.exit(seed_script_main("llava_json_to_verl_iou"))

@@ -5,7 +5,7 @@
 
 import sys
 
-from medrl.data.doors import door_main
+from medrl.data.seed_scripts import seed_script_main
 
 if __name__ == "__main__":
-    sys.exit(door_main("mimic_mm"))
+    sys.exit(seed_script_main("mimic_mm"))

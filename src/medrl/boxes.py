@@ -1,7 +1,10 @@
 """Bounding boxes: finding them in text, coordinate conventions, IoU and one-to-one matching.
 
-One module serves the converters (strict: a malformed box is an error with a
-reason) and the rewards (lenient: take what parses, never raise).
+Ground truth has one strict reader (a malformed box is a `BoxError` whose message is
+the reject reason), used by every converter, the preflight and the rewards:
+`truth_boxes_in_text` for boxes written in an answer, `read_truth_boxes` for stored
+values (JSON, lists, numpy arrays). Model output is read leniently (`parse_boxes`:
+take what parses, never raise).
 
 Conventions (the `convention` argument):
 - ``norm1``: floats in [0, 1] relative to the image (RadVLM answers, medrl's storage).
@@ -187,65 +190,92 @@ def from_norm1(box: Sequence[float], convention: str, width: int | None = None, 
     return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
 
 
-def parse_truth_boxes(text: str, width: int | None = None, height: int | None = None) -> list[Box]:
-    """Strictly read the boxes of a ground-truth answer, normalised to [0, 1]; raises BoxError.
+TRUTH_DECIMALS = 4  # stored ground truths and the SFT answers written from them use the same digits
+
+
+def _truth_box(numbers: Sequence[Any], width: float | None, height: float | None) -> Box:
+    """One ground-truth box in [0, 1], rounded to TRUTH_DECIMALS; raises BoxError with the reason."""
+    if not all(_is_number(v) for v in numbers):
+        raise BoxError(f"box {list(numbers)[:6]} is not a list of numbers")
+    numbers = [float(v) for v in numbers]
+    reason = check_box(numbers)
+    if reason:
+        raise BoxError(reason)
+    # Data uses [0, 1] floats or pixels of the original image; 0-1000 is a
+    # model-output convention, so a truth box above 1 needs the image size.
+    if max(numbers) <= 1.0:
+        box = tuple(numbers)
+    elif width and height:
+        box = to_norm1(numbers, "abs", width, height)
+    else:
+        raise BoxError("coordinates above 1 with no known image size")
+    if max(box) > 1.0 + 1e-9:
+        raise BoxError("box outside the image")
+    box = tuple(round(v, TRUTH_DECIMALS) for v in box)
+    if box[2] <= box[0] or box[3] <= box[1]:  # no IoU can score it: not a truth anybody can hit
+        raise BoxError("box with zero width or height")
+    return box  # type: ignore[return-value]
+
+
+def truth_boxes_in_text(text: str, width: int | None = None, height: int | None = None) -> list[Box]:
+    """Strictly read the boxes written in a ground-truth answer, in [0, 1]; raises BoxError.
 
     Boxes whose coordinates are all within [0, 1] are taken as normalised; any
     other box is read as pixels of the original image, which needs its size.
     """
-    boxes: list[Box] = []
-    for cand in find_box_candidates(text, limit=10_000):
-        reason = check_box(cand.numbers)
-        if reason:
-            raise BoxError(reason)
-        # Data uses [0, 1] floats or pixels of the original image; 0-1000 is a
-        # model-output convention, so a truth box above 1 needs the image size.
-        if max(cand.numbers) <= 1.0:
-            box = tuple(cand.numbers)
-        elif width and height:
-            box = to_norm1(cand.numbers, "abs", width, height)
-        else:
-            raise BoxError("coordinates above 1 with no known image size")
-        if max(box) > 1.0 + 1e-9:
-            raise BoxError("box outside the image")
-        boxes.append(tuple(round(v, 6) for v in box))  # type: ignore[arg-type]
-    return boxes
+    return [_truth_box(c.numbers, width, height) for c in find_box_candidates(text, limit=10_000)]
 
 
-def coerce_boxes(obj: Any) -> list[Box]:
-    """Read ground-truth boxes from a JSON string, a list, or (nested) numpy arrays; lenient."""
-    if obj is None:
-        return []
-    if isinstance(obj, bytes):
-        obj = obj.decode("utf-8", "replace")
-    if isinstance(obj, str):
-        s = obj.strip()
-        if not s:
+def read_truth_boxes(value: Any, width: int | None = None, height: int | None = None,
+                     zero_box_is_empty: bool = False) -> list[Box]:
+    """Strictly read stored ground-truth boxes in [0, 1]; raises BoxError with the reason.
+
+    `value` is a JSON string, a list, a (nested) numpy array, or a dict with `bbox_2d`,
+    `bbox` or `boxes`: one box [x1, y1, x2, y2] or a list of boxes; empty or None means
+    no box. Pixel boxes need the image size, as in `truth_boxes_in_text`. With
+    `zero_box_is_empty`, a box of four zeros (LEVIR-CC's "no change") is no box.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        if not value.strip():
             return []
         try:
-            obj = json.loads(s)
-        except (ValueError, RecursionError):
-            return parse_boxes(s)
-    if hasattr(obj, "tolist"):  # numpy arrays, incl. object arrays of arrays
-        obj = obj.tolist()
-    if isinstance(obj, dict):
-        obj = obj.get("bbox_2d", obj.get("boxes", obj.get("bbox", [])))
-    if not isinstance(obj, (list, tuple)):
+            value = json.loads(value[:1_000_000])
+        except (ValueError, RecursionError) as exc:
+            raise BoxError("boxes are not JSON") from exc
+    try:
+        value = _plain(value)
+    except RecursionError as exc:
+        raise BoxError("boxes nested too deeply") from exc
+    if isinstance(value, dict):
+        value = next((value[k] for k in ("bbox_2d", "bbox", "boxes") if k in value), None)
+        if value is None:
+            raise BoxError("boxes object has no bbox_2d, bbox or boxes")
+    if value is None:
         return []
-    items = list(obj)
-    if len(items) == 4 and all(_is_number(v) for v in items):
-        items = [items]
+    if not isinstance(value, list):
+        raise BoxError(f"boxes are {type(value).__name__}, not a list of boxes")
+    items = [value] if value and all(_is_number(v) for v in value) else value
     boxes = []
-    for item in items[:MAX_BOXES]:
-        if hasattr(item, "tolist"):
-            item = item.tolist()
+    for item in items:
         if isinstance(item, dict):
-            item = item.get("bbox_2d", item.get("bbox", []))
-        if isinstance(item, (list, tuple)) and len(item) == 4 and all(_is_number(v) for v in item):
-            vals = [float(v) for v in item]
-            if all(math.isfinite(v) for v in vals):
-                boxes.append((min(vals[0], vals[2]), min(vals[1], vals[3]), max(vals[0], vals[2]), max(vals[1], vals[3])))
+            item = item.get("bbox_2d", item.get("bbox"))
+        if not isinstance(item, list):
+            raise BoxError(f"box {str(item)[:60]} is not a list of numbers")
+        if zero_box_is_empty and len(item) == 4 and all(_is_number(v) and v == 0 for v in item):
+            continue
+        boxes.append(_truth_box(item, width, height))
     return boxes
+
+
+def _plain(obj: Any) -> Any:
+    """numpy arrays (also object arrays of arrays) and tuples -> plain lists."""
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        obj = obj.tolist()
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def _is_number(v: Any) -> bool:
@@ -314,6 +344,18 @@ def _match_small(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]
     return sorted((i, j, m[i][j]) for i, j in best if m[i][j] > 0)
 
 
-def format_boxes(boxes: Iterable[Sequence[float]], decimals: int = 4) -> str:
+def format_boxes(boxes: Iterable[Sequence[float]], decimals: int = TRUTH_DECIMALS) -> str:
     """Serialise boxes as the compact JSON string stored in `reward_model.ground_truth`."""
     return json.dumps([[round(float(v), decimals) for v in b] for b in boxes], separators=(",", ":"))
+
+
+def box_text(box: Sequence[float]) -> str:
+    """A [0, 1] box as answers write it, `[0.12, 0.34, 0.56, 0.78]`: two decimals, more when the truth has them.
+
+    Written from the stored truth's values, so an SFT answer parses back to exactly its ground truth.
+    """
+    def coord(v: float) -> str:
+        s = f"{round(float(v), TRUTH_DECIMALS):.{TRUTH_DECIMALS}f}".rstrip("0")
+        return s + "0" * max(0, 2 - len(s.split(".")[1]))
+
+    return "[" + ", ".join(coord(v) for v in box) + "]"

@@ -10,11 +10,13 @@ Rows (each with `<image>` twice, before then after):
 - ``grounding`` -> data_source ``medrl/change_grounding``; ground truth: JSON list of
   [0, 1] boxes ("[]" for no change), scored by the IoU reward.
 - ``action`` -> data_source ``medrl/change_action``; ground truth: the action vector
-  JSON ``[cx, cy, scale]`` (cx=(x1+x2)/2/W, cy=(y1+y2)/2/H, scale=sqrt(box area /
-  image area)), scored by `medrl.rewards.change`. No-change pairs have no vector:
-  their action row is left out and counted.
+  JSON ``[cx, cy, scale]`` of the boxes (`medrl.change_action`, which the reward uses
+  too), scored by `medrl.rewards.change`. No-change pairs have no vector: their action
+  row is left out and counted.
 - ``caption`` -> data_source ``medrl/change_caption``; ground truth: the first caption.
 Every row carries the action vector in ``extra_info["action"]`` (null for no change).
+Boxes are read with the converters' one strict reader (`medrl.boxes.read_truth_boxes`).
+The generated sample lives in `medrl.data.change_sample`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
-from medrl.boxes import BoxError, check_box, enclosing_box, format_boxes, to_norm1
+from medrl.boxes import BoxError, box_text, format_boxes, read_truth_boxes
+from medrl.change_action import action_text, change_action
 from medrl.data import rejects
 from medrl.data.convert import ConvertOptions, convert
 from medrl.data.images import load_image
@@ -35,7 +38,6 @@ from medrl.data.readers import SourceRecord
 from medrl.data.records import IMAGE_TOKEN, RecordResult
 from medrl.data.rejects import Reject, RejectError
 from medrl.data.writer import FORMAT_EXTRA_FIELDS
-from medrl.rewards.change import action_vector
 
 CHANGE_TASKS = ("grounding", "action", "caption")
 DATA_SOURCES = {"grounding": "medrl/change_grounding", "action": "medrl/change_action",
@@ -43,7 +45,6 @@ DATA_SOURCES = {"grounding": "medrl/change_grounding", "action": "medrl/change_a
 NO_SECOND_IMAGE = "change: no second image"
 SIZE_MISMATCH = "change: the two images differ in size"
 NO_ROWS = "change: no row for the chosen tasks"
-BAD_BBOX = "change: malformed bbox"
 
 QUESTIONS = {
     "grounding": "The first image was taken before, the second after. Where did the scene change?",
@@ -140,34 +141,10 @@ def _image_spec(value: Any, out_dir: Path | None, name: str, mode: str) -> Any:
 
 def change_boxes(bbox: Any, width: int, height: int) -> list[tuple[float, float, float, float]]:
     """[0, 1] boxes of a `bbox` cell (pixels or [0, 1]; one box or a list); [] for no change; raises RejectError."""
-    if bbox is None:
-        return []
-    if hasattr(bbox, "tolist"):
-        bbox = bbox.tolist()
-    if not isinstance(bbox, (list, tuple)):
-        raise RejectError(BAD_BBOX, f"bbox is {type(bbox).__name__}")
-    items = [bbox] if bbox and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox) else bbox
-    boxes = []
-    for b in items:
-        b = list(b) if isinstance(b, (list, tuple)) else b
-        if not isinstance(b, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b):
-            raise RejectError(BAD_BBOX, f"bbox entry {str(b)[:80]} is not a list of numbers")
-        if len(b) == 4 and all(v == 0 for v in b):
-            continue  # all zeros: the usual "no change" marker
-        reason = check_box(b)
-        if reason:
-            raise RejectError(reason, f"bbox {b}")
-        if max(b) > 1.0:
-            try:
-                box = to_norm1(b, "abs", width, height)
-            except BoxError as exc:
-                raise RejectError(str(exc), f"bbox {b}") from None
-        else:
-            box = tuple(float(v) for v in b)
-        if max(box) > 1.0 + 1e-9:
-            raise RejectError("box outside the image", f"bbox {b} in a {width}x{height} image")
-        boxes.append(tuple(round(v, 6) for v in box))
-    return boxes
+    try:
+        return read_truth_boxes(bbox, width, height, zero_box_is_empty=True)  # all zeros: LEVIR-CC's "no change"
+    except BoxError as exc:
+        raise RejectError(str(exc), f"bbox {str(bbox)[:120]} in a {width}x{height} image") from None
 
 
 def _caption(value: Any) -> str:
@@ -198,26 +175,22 @@ def build_change_rows(item: SourceRecord, opts: ChangeOptions, rec_opts, out_dir
     if (w, h) != (w2, h2):
         raise RejectError(SIZE_MISMATCH, f"before {w}x{h}, after {w2}x{h2}")
     boxes = change_boxes(data.get("bbox"), w, h)
-    action = None
-    if boxes:
-        enclosing = enclosing_box(boxes)
-        action = [round(v, 6) for v in action_vector(enclosing)]
+    action = change_action(boxes)
     caption = _caption(data.get("caption"))
     dropped: Counter = Counter()
     rows, sft_rows = [], []
     base = {"id": rid, "dataset": str(data.get("dataset") or "change"), "width": w, "height": h, "turn": 1,
             "n_turns": 1, "position": item.position, "source": item.source, "image": infos[0].origin,
-            "image2": infos[1].origin, "action": action}
+            "image2": infos[1].origin, "action": list(action) if action else None}
     for task in opts.tasks:
         if task == "grounding":
             truth = format_boxes(boxes)
-            shown = " and ".join("[" + ", ".join(f"{v:.2f}" for v in b) + "]" for b in boxes) or "No change."
+            shown = " and ".join(box_text(b) for b in boxes) or "No change."
         elif task == "action":
             if action is None:
                 dropped["no-change pair: no action row"] += 1
                 continue
-            truth = "[" + ", ".join(f"{v:.4f}" for v in action) + "]"
-            shown = truth
+            truth = shown = action_text(action)
         else:
             if not caption:
                 dropped["pair without caption: no caption row"] += 1
@@ -258,74 +231,3 @@ def prepare_change(opts: ConvertOptions, change: ChangeOptions = ChangeOptions()
     return [convert(replace(opts, inputs=[p for p, s in zip(opts.inputs, splits) if name in s], split_name=name,
                             val_fraction=0.0, reader=partial(read_arrow, split=name)))
             for name in names]
-
-
-# ---------------------------------------------------------------- sample generator
-
-def _scene(rng, size: int):
-    import numpy as np
-
-    base = np.zeros((size, size, 3), np.float32)
-    base[...] = (70, 95, 60)  # vegetation
-    base += rng.normal(0, 8, (size, size, 1))
-    road = int(rng.integers(size // 4, 3 * size // 4))
-    base[road:road + 4, :, :] = (120, 120, 115)
-    return base
-
-
-def _where(box, size: int) -> str:
-    cx, cy = (box[0] + box[2]) / 2 / size, (box[1] + box[3]) / 2 / size
-    v = "top" if cy < 0.4 else "bottom" if cy > 0.6 else "middle"
-    hpos = "left" if cx < 0.4 else "right" if cx > 0.6 else "centre"
-    return f"{v} {hpos}" if v != "middle" else ("centre" if hpos == "centre" else f"middle {hpos}")
-
-
-def write_sample(out_dir: str | Path, n_train: int = 12, n_test: int = 4, seed: int = 0, size: int = 64) -> Path:
-    """Write a LEVIR-CC-like DatasetDict (train/test) of generated before/after pairs; returns its folder."""
-    import datasets
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    cols: dict[str, dict[str, list]] = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        if n <= 0:
-            continue  # an empty split cannot be loaded back
-        c = cols.setdefault(split, {"image": [], "image2": [], "caption": [], "bbox": []})
-        for i in range(n):
-            before = _scene(rng, size)
-            after = before + rng.normal(0, 3, before.shape)
-            if i % 4 == 3:
-                bbox: list[int] = []
-                caption = ["the scene is unchanged", "no change"]
-            else:
-                bw, bh = (int(v) for v in rng.integers(8, 24, 2))
-                x1, y1 = int(rng.integers(0, size - bw)), int(rng.integers(0, size - bh))
-                after[y1:y1 + bh, x1:x1 + bw] = (190, 185, 180)  # a new roof
-                after[y1:y1 + bh, x1:x1 + 2] = (90, 90, 90)  # its shaded wall
-                bbox = [x1, y1, x1 + bw, y1 + bh]
-                caption = [f"a building has been built at the {_where(bbox, size)}",
-                           f"a new house appears in the {_where(bbox, size)}"]
-            c["image"].append(Image.fromarray(np.clip(before, 0, 255).astype(np.uint8)))
-            c["image2"].append(Image.fromarray(np.clip(after, 0, 255).astype(np.uint8)))
-            c["caption"].append(caption)
-            c["bbox"].append(bbox)
-    features = datasets.Features({"image": datasets.Image(), "image2": datasets.Image(),
-                                  "caption": datasets.Sequence(datasets.Value("string")),
-                                  "bbox": datasets.Sequence(datasets.Value("int32"))})
-    dd = datasets.DatasetDict({s: datasets.Dataset.from_dict(c, features=features) for s, c in cols.items()})
-    out = Path(out_dir) / "levir_cc_like"
-    tmp = out.with_name(out.name + ".tmp")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    dd.save_to_disk(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # a folder: written beside, then renamed into place
-    return out
-
-
-def action_of_pixels(bbox, width: int, height: int) -> list[float]:
-    """The seed's action vector of a pixel box (convenience for users and tests)."""
-    return list(action_vector(bbox, width, height))
-

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from medrl.boxes import BoxError, read_truth_boxes
 from medrl.data.records import IMAGE_TOKEN
 
 P_PLACEHOLDER = "<image> count differs from image count"
@@ -52,23 +52,16 @@ def _image_problem(img: Any) -> str | None:
 
 
 def truth_problem(ground_truth: Any) -> str | None:
-    """Why a grounding ground truth is not a JSON list of [x1, y1, x2, y2] boxes in [0, 1], or None."""
+    """Why a grounding ground truth is not a JSON list of [x1, y1, x2, y2] boxes in [0, 1], or None.
+
+    The reader is the one the converters and the rewards use, so a row that passes here is a row the reward reads.
+    """
     if not isinstance(ground_truth, str):
         return f"ground_truth is {type(ground_truth).__name__}, expected a JSON string"
     try:
-        boxes = json.loads(ground_truth)
-    except ValueError as exc:
-        return f"not JSON: {exc}"
-    if not isinstance(boxes, list):
-        return "not a list of boxes"
-    for b in boxes:
-        if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                             for v in b)):
-            return f"box {b!r} is not 4 numbers"
-        if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in b):
-            return f"box {b!r} is not within [0, 1]"
-        if b[2] < b[0] or b[3] < b[1]:
-            return f"box {b!r} has x2 < x1 or y2 < y1"
+        read_truth_boxes(ground_truth)
+    except BoxError as exc:
+        return str(exc)
     return None
 
 

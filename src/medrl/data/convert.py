@@ -76,8 +76,11 @@ def val_score(rid: str) -> float:
     return int.from_bytes(hashlib.blake2b(rid.encode("utf-8"), digest_size=8).digest(), "big") / 2.0**64
 
 
-def _shuffle_key(seed: int, source: str, position: int) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{source}:{position}".encode(), digest_size=8).digest(), "big")
+def _shuffle_key(seed: int, item: SourceRecord) -> int:
+    """The record's place in the seeded sample: from its id (else file name and position), never its folder."""
+    rid = record_id(item.data, item.source, item.position) if isinstance(item.data, dict) \
+        else f"{Path(item.source).name}:{item.position}"
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{rid}".encode(), digest_size=8).digest(), "big")
 
 
 def _stream(opts: ConvertOptions) -> Iterator[SourceRecord | Reject]:
@@ -99,7 +102,7 @@ def _pick_sample(opts: ConvertOptions) -> set[tuple[str, int]]:
     for item in _stream(opts):
         if isinstance(item, Reject) or not _passes_filter(item, opts):
             continue
-        key = -_shuffle_key(opts.seed, item.source, item.position)
+        key = -_shuffle_key(opts.seed, item)
         if len(heap) < opts.limit:
             heapq.heappush(heap, (key, item.source, item.position))
         elif key > heap[0][0]:
@@ -277,6 +280,8 @@ def convert(opts: ConvertOptions) -> dict:
                     for b in bad:
                         log.add(b)
                     dropped.update(rec_dropped)
+                    if not rows:  # the length filter took every row: rejected (counted above), not converted
+                        continue
                     counts["records_converted"] += 1
                     split = opts.split_name or ("val" if val_score(str(rid)) < opts.val_fraction else "train")
                     for row in rows + sft_rows:

@@ -16,17 +16,17 @@ targets are written in that same form, so SFT teaches the format that RL rewards
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medrl.boxes import BoxError, find_box_candidates, format_boxes, parse_truth_boxes
+from medrl.boxes import BoxError, box_text, find_box_candidates, format_boxes, truth_boxes_in_text
 from medrl.data import rejects
 from medrl.data.images import ImageInfo, ImageOptions, load_image
 from medrl.data.readers import SourceRecord
 from medrl.data.rejects import RejectError
+from medrl.no_finding import states_no_finding
 
 TASKS = ("grounding", "report", "vqa")
 TURN_POLICIES = ("expand", "last", "first")
@@ -54,14 +54,6 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
          "model": "assistant", "system": "system"}
 DATASET_KEYS = ("dataset", "dataset_name", "source", "data_source")
 SIZE_KEYS = (("width", "height"), ("image_width", "image_height"), ("img_width", "img_height"))
-
-# Answers that state there is nothing to box (RadVLM's no-finding phrasing and kin).
-_NO_FINDING_RE = re.compile(
-    r"\bno\s+(?:\w+\s+){0,2}(?:abnormalit|lesion|finding|acute|significant|evidence)|"
-    r"\bnot\s+(?:detected|seen|present|identified|visible)|\bunremarkable\b|\bnormal\s+(?:chest|study|x-?ray)\b",
-    re.IGNORECASE,
-)
-
 
 @dataclass(frozen=True)
 class RecordOptions:
@@ -193,19 +185,18 @@ def fit_placeholders(messages: list[dict], n_images: int) -> list[dict]:
     raise RejectError(rejects.PLACEHOLDER_MISMATCH, f"{count} <image> for {n_images} image(s)")
 
 
-def is_no_finding(text: str) -> bool:
-    """True when an answer says there is nothing to locate."""
-    return bool(_NO_FINDING_RE.search(text))
-
-
 def grounding_truth(answer: str, width: int | None, height: int | None, rewrite: bool = True) -> tuple[str, str]:
-    """(ground-truth JSON of [0,1] boxes, answer text with its boxes rewritten in [0,1] when `rewrite`)."""
+    """(ground-truth JSON of [0,1] boxes, answer text with its boxes rewritten as the truth stores them).
+
+    A box-less answer is a no-finding truth when it states no finding by the rewards' rule
+    (`medrl.no_finding`), and a reject otherwise.
+    """
     try:
-        boxes = parse_truth_boxes(answer, width, height)
+        boxes = truth_boxes_in_text(answer, width, height)
     except BoxError as exc:
         raise RejectError(str(exc), answer[:200]) from exc
     if not boxes:
-        if not is_no_finding(answer):
+        if not states_no_finding(answer):
             raise RejectError(rejects.NOT_GROUNDING, answer[:200])
         return "[]", answer.strip()
     if not rewrite:
@@ -213,15 +204,15 @@ def grounding_truth(answer: str, width: int | None, height: int | None, rewrite:
     text = answer
     cands = find_box_candidates(answer, limit=10_000)
     for cand, box in sorted(zip(cands, boxes), key=lambda cb: -cb[0].start):
-        text = text[: cand.start] + "[" + ", ".join(f"{v:.2f}" for v in box) + "]" + text[cand.end:]
+        text = text[: cand.start] + box_text(box) + text[cand.end:]
     return format_boxes(boxes), text.strip()
 
 
 def answer_truth(task: str, answer: str, opts: RecordOptions) -> str:
     """Reference text of a report / vqa answer."""
     text = answer.strip()
-    if not text:
-        raise RejectError(rejects.EMPTY_ANSWER)
+    if not any(c.isalnum() for c in text):  # no word: nothing a text reward can match
+        raise RejectError(rejects.EMPTY_ANSWER, text[:80])
     if task == "vqa" and opts.vqa_max_words and len(text.split()) > opts.vqa_max_words:
         raise RejectError(rejects.VQA_TOO_LONG, f"{len(text.split())} words > {opts.vqa_max_words}: {text[:120]}")
     return text

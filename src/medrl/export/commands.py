@@ -42,7 +42,7 @@ def _register_eval(subparsers) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from medrl.export.rows import RowError
-    from medrl.export.runner import RunConfig, run_eval
+    from medrl.export.eval_pipeline import RunConfig, run_eval
 
     if bool(args.model) == bool(args.compare):
         print("medrl eval: give one MODEL or --compare A B ...", file=sys.stderr)

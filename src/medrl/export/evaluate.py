@@ -1,9 +1,11 @@
-"""Evaluation: generate answers, score them with the training reward spec, add task metrics, summarise.
+"""Evaluation: score generated answers with the training reward spec, add task metrics, summarise.
 
-Scoring goes through `medrl.rewards.compose` (the code verl calls in training), so
-an evaluation score is a training reward. Task metrics reuse the rewards' own
-parsing (`answer_section`, `predicted_boxes`, `truth_boxes`) and add what a reward
-does not give: grounding IoU / acc@0.5 / mAP@0.5 and report BLEU-1..4 / ROUGE-L.
+One scoring path: every row goes through `medrl.rewards.compose` (the code verl calls in
+training) once, and grounding IoU / acc@0.5 / mAP@0.5 are computed from the boxes that
+this very call read (the rewards' `score_details`), so `score` and the box metrics can
+never use two readings or two box conventions. `--box-convention` reaches the rewards
+through the spec (`compose.with_reward_kwargs`). Report BLEU-1..4 / ROUGE-L are added
+from the answer section the rewards read.
 """
 
 from __future__ import annotations
@@ -30,23 +32,8 @@ class EvalOptions:
     """What scoring needs besides the rows and answers."""
 
     reward: Any = None  # reward name, spec path, JSON/YAML text or dict (None: medrl's default routes)
-    box_convention: str | None = None  # None: the iou reward's setting in the spec, else "auto"
+    box_convention: str | None = None  # given to every reward that reads boxes, over the spec; None: the spec's
     credit_no_finding: bool = False
-
-
-def _route_info(data_source: str, spec: Any) -> tuple[list[str], dict]:
-    """(reward names of the row's route, iou kwargs the spec gives that route)."""
-    from medrl.rewards import compose
-
-    route = compose.find_route(data_source, spec)
-    if route is None:
-        return [], {}
-    names = [t.name for t in route.terms]
-    iou_kw: dict = dict(spec.kwargs.get("iou", {}))
-    for t in route.terms:
-        if t.name in ("iou", "enhanced"):
-            iou_kw.update(t.kwargs)
-    return names, iou_kw
 
 
 def task_of(row: EvalRow, reward_names: Sequence[str]) -> str:
@@ -60,43 +47,46 @@ def task_of(row: EvalRow, reward_names: Sequence[str]) -> str:
 
 
 def score_rows(rows: Sequence[EvalRow], answers: dict[str, str], opts: EvalOptions) -> list[dict]:
-    """One scored record per row: reward keys, task metrics, parsed boxes."""
-    from medrl.rewards import compose
-    from medrl.rewards.answer import answer_section, states_no_finding
-    from medrl.rewards.iou import image_geometry, predicted_boxes, truth_boxes
+    """One scored record per row: reward keys, task metrics, the boxes the reward read."""
+    from medrl.rewards import compose, iou
+    from medrl.rewards.answer import answer_section
 
     spec = compose.load_spec(opts.reward)
+    if opts.box_convention:
+        spec = compose.with_reward_kwargs(spec, box_convention=opts.box_convention)
     missing = sorted({r.data_source for r in rows if not compose.has_route(r.data_source, spec)})
     if missing:
         raise ValueError(f"the reward spec has no route for data_source(s) {missing}; "
                          f"its routes: {compose.route_names(spec)}")
     texts = [answers[r.key] for r in rows]
-    rewards = compose.compute_score_batch([r.data_source for r in rows], texts, [r.ground_truth for r in rows],
-                                          [dict(r.extra_info) for r in rows], spec=spec)
+    scored = compose.score_batch_details([r.data_source for r in rows], texts, [r.ground_truth for r in rows],
+                                         [dict(r.extra_info) for r in rows], spec=spec)
     out = []
-    for row, text, reward in zip(rows, texts, rewards):
-        names, iou_kw = _route_info(row.data_source, spec)
+    for row, text, (reward, read) in zip(rows, texts, scored):
+        names = [t.name for t in compose.route_for(row.data_source, spec).terms]
         task = task_of(row, names)
         answer, _ = answer_section(text)
         rec: dict[str, Any] = {
             "key": row.key, "index": row.index, "data_source": row.data_source, "category": row.category,
             "task": task, "output": text, "answer": answer, "ground_truth": _gt_text(row.ground_truth),
-            "score": float(reward["score"]), "reward": {k: float(v) for k, v in reward.items()},
+            "score": float(reward["score"]),
+            # NaN keys belong to rewards this row's route does not use: left out of the record.
+            "reward": {k: float(v) for k, v in reward.items() if v == v},
             "image": 0 if row.images else None,
         }
         if task == "grounding":
-            conv = opts.box_convention or iou_kw.get("box_convention", "auto")
-            width, height, min_px, max_px = image_geometry(row.extra_info, iou_kw)
-            pred, _unplaced = predicted_boxes(answer, conv, width, height, min_px, max_px)
-            true = truth_boxes(row.ground_truth)
-            no_finding = not pred and states_no_finding(answer)
-            rec.update(pred_boxes=[list(b) for b in pred], true_boxes=[list(b) for b in true],
-                       no_finding=no_finding, box_convention=conv,
-                       metrics=metrics.grounding_metrics(pred, true, no_finding, opts.credit_no_finding))
+            parse = next((d for d in read.values() if isinstance(d, iou.GroundingParse)), None)
+            if parse is None:  # the route scores boxes some other way (a judge): read them as the IoU reward does
+                _, parse = iou.score_details(row.data_source, text, row.ground_truth, dict(row.extra_info),
+                                             **compose.reward_kwargs(spec, "iou", row.data_source))
+            rec.update(pred_boxes=[list(b) for b in parse.pred], true_boxes=[list(b) for b in parse.true],
+                       no_finding=parse.no_finding, box_convention=parse.convention,
+                       metrics=metrics.grounding_metrics(parse.pred, parse.true, parse.no_finding,
+                                                         opts.credit_no_finding))
         elif task == "report":
             rec["metrics"] = metrics.report_metrics(answer, rec["ground_truth"])
         elif task == "vqa":
-            rec["metrics"] = {"acc": float(reward.get("vqa/acc", reward.get("vqa", reward["score"])))}
+            rec["metrics"] = {"acc": float(reward.get("vqa/acc", reward["score"]))}
         else:
             rec["metrics"] = {}
         out.append(rec)

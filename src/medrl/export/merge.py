@@ -26,12 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medrl.export.errors import MergeError
+
 SHARD_RE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
-
-
-class MergeError(RuntimeError):
-    """The checkpoint cannot be merged or the merged model does not verify; the message says why."""
 
 
 @dataclass
@@ -330,7 +328,8 @@ def merge(plan: MergePlan, sample: Any = None, overwrite: bool = False, log=prin
     info = write_merged(plan, state, tmp)
     del state
     try:
-        checks = verify(plan, tmp, sample=sample, log=log)
+        checks = verify(plan.ckpt_dir, tmp, plan.dtype, plan.world_size, lora_alpha=plan.lora_alpha,
+                        adapter_only=plan.lora_adapter_only, base_model=plan.base_model, sample=sample, log=log)
     except MergeError:
         bad = plan.out.parent / f"{plan.out.name}.unverified"
         shutil.rmtree(bad, ignore_errors=True)

@@ -1,58 +1,8 @@
 """Rewards for medical VLM post-training, each a plain function with verl's `compute_score` signature.
 
 Modules: `answer` (reply parts), `iou`, `bleu`, `format`, `vqa`, `enhanced`, `judge`,
-`change`, `compose` (routing by data_source). The files under `custom_reward/` are
-the doors verl loads by path; they only import from here.
+`change`, `compose` (routing by data_source), `commands` (`medrl reward`). The files
+under `custom_reward/` are the doors verl loads by path; they only import from here.
+Rules shared with the converters live below this package: `medrl.boxes` (reading
+boxes), `medrl.no_finding` (what states no finding), `medrl.change_action`.
 """
-
-from __future__ import annotations
-
-from pathlib import Path
-
-# The reward file for each kind of run (reward.custom_reward_function.path).
-JOB_REWARDS: dict[str, str] = {
-    "grounding (basic)": "custom_reward/iou_reward.py",
-    "grounding (enhanced)": "custom_reward/enhanced_medical_reward.py",
-    "report": "custom_reward/bleu_reward.py",
-    "vqa / mixed data sources": "custom_reward/medrl_reward.py",
-    "judge-scored": "custom_reward/judge_reward.py",
-    "change action": "custom_reward/change_reward.py",
-    "format only": "custom_reward/format_reward.py",
-}
-
-
-def job_rewards() -> list[tuple[str, str, str, str]]:
-    """(sbatch script, recipe, reward file, reward spec) for each example job of `medrl slurm`."""
-    from medrl.slurm import EXAMPLE_JOBS
-    from medrl.training.recipes import load_recipe
-
-    rows = []
-    for script, argv in EXAMPLE_JOBS.items():
-        reward = load_recipe(argv[0]).reward
-        rows.append((script, argv[0], str(reward.get("path", "")),
-                     str((reward.get("kwargs") or {}).get("spec", "default routes"))))
-    return rows
-
-
-def reward_config_main(argv: list[str] | None = None, repo: Path | None = None) -> int:
-    """`python custom_reward/reward_config.py`: print which reward each job uses, and write the seed's job scripts."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="reward_config.py", description=reward_config_main.__doc__)
-    ap.add_argument("--out", default=None, help="folder for the sbatch scripts (default: <repo>/jobs)")
-    ap.add_argument("--list", action="store_true", help="only print the table; write nothing")
-    args = ap.parse_args(argv)
-    width = max(len(k) for k in JOB_REWARDS)
-    for kind, path in JOB_REWARDS.items():
-        print(f"{kind:<{width}}  reward.custom_reward_function.path={path}")
-    print()
-    for script, recipe, path, spec in job_rewards():
-        print(f"jobs/{script}: recipe {recipe} -> {path} (spec: {spec})")
-    if args.list:
-        return 0
-    from medrl.slurm import write_seed_jobs
-
-    out = Path(args.out) if args.out else (repo or Path.cwd()) / "jobs"
-    for written in write_seed_jobs(out):
-        print(f"wrote {written}")
-    return 0

@@ -16,18 +16,6 @@ _ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S | re.I)
 _THINK_RE = re.compile(r"<think>(.*?)(?:</think>|\Z)", re.S | re.I)
 _THINK_END = "</think>"
 
-# Phrases with which an answer states that the image shows nothing abnormal
-# (RadVLM's no-finding answers and their usual paraphrases).
-_NO_FINDING_RE = re.compile(
-    r"\bno\s+(?:significant\s+|acute\s+|obvious\s+|visible\s+|definite\s+|radiographic\s+)?"
-    r"(?:findings?|abnormalit(?:y|ies)|lesions?|pathology|disease|evidence\s+of\s+(?:disease|abnormalit))"
-    r"|\bno\s+acute\s+(?:cardiopulmonary|intrathoracic)\b"
-    r"|\b(?:normal|unremarkable)\s+(?:chest|study|examination|exam|radiograph|x-?ray)\b"
-    r"|\bwithin\s+normal\s+limits\b|\bnothing\s+abnormal\b|\bno\s+boxes?\b|\bnone\s+(?:found|detected|seen)\b",
-    re.I,
-)
-
-
 def answer_section(text: str) -> tuple[str, str]:
     """Return (answer text, where it came from: "answer" | "after_think" | "whole")."""
     if not isinstance(text, str):
@@ -55,8 +43,3 @@ def extract_think(text: str) -> str:
         return ""
     m = _THINK_RE.search(text[:MAX_REPLY_CHARS])
     return m.group(1).strip() if m else ""
-
-
-def states_no_finding(text: str) -> bool:
-    """Whether the text says that nothing abnormal is visible."""
-    return bool(isinstance(text, str) and _NO_FINDING_RE.search(text[:MAX_REPLY_CHARS]))

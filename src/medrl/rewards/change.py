@@ -1,11 +1,7 @@
 """Change-localisation reward: a predicted action vector (or box) against the change's action vector.
 
-The action vector of a box [x1, y1, x2, y2] in an image of width W and height H
-(the bi-temporal change agent's target) is
-
-    cx = (x1 + x2) / 2 / W,   cy = (y1 + y2) / 2 / H,   scale = sqrt(box area / image area)
-
-all in [0, 1]. For a box already in [0, 1], W = H = 1.
+The action vector `[cx, cy, scale]` of a box is defined in `medrl.change_action` (the
+converter writes its ground truths with the same code).
 
 Rule: the answer section (`medrl.rewards.answer`) is read for the first bracketed
 list of 3 numbers (an action vector, each in [0, 1]) or 4 numbers (a box, placed in
@@ -18,8 +14,9 @@ so an exact vector scores 1 and one off by `tolerance` or more in every componen
 scores 0. The truth is `reward_model.ground_truth`: a JSON action vector `[cx, cy, s]`
 or a JSON list of [0, 1] boxes (one box; several are merged into their enclosing
 box); `extra_info["action"]` is used when the ground truth has neither. An empty
-truth means "no change": an answer without numbers that states no change scores
-`no_change_score` (0.8, like the IoU reward's no-finding), anything else 0.
+truth means "no change": an answer without numbers that states no change or no
+finding (`medrl.no_finding`, the converters' rule) scores `no_change_score` (0.8, like
+the IoU reward's no-finding), anything else 0.
 Range [0, 1]; never raises on model output; keys `KEYS` on every call.
 """
 
@@ -27,36 +24,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Sequence
 
-from medrl.boxes import CONVENTIONS, BoxError, coerce_boxes, enclosing_box, find_box_candidates, iou, to_norm1
-from medrl.rewards.answer import answer_section, states_no_finding
+from medrl.boxes import CONVENTIONS, BoxError, enclosing_box, find_box_candidates, iou, read_truth_boxes, to_norm1
+from medrl.change_action import Action, action_box, action_vector
+from medrl.no_finding import states_no_finding
+from medrl.rewards.answer import answer_section
+from medrl.rewards.iou import image_geometry
 
 KEYS = ("score", "error", "center_error", "scale_error", "iou", "parsed", "from_box", "no_change")
 TOLERANCE = 0.25
 NO_CHANGE_SCORE = 0.8
-Action = tuple[float, float, float]
-
-_NO_CHANGE_RE = re.compile(r"\bno\s+(?:\w+\s+)?changes?\b|\bnothing\s+(?:has\s+)?changed\b|\bunchanged\b", re.I)
-
-
-def action_vector(box: Sequence[float], width: float = 1.0, height: float = 1.0) -> Action:
-    """[cx, cy, scale] of box [x1, y1, x2, y2] in an image of `width` x `height` (raises ValueError)."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    if not (width > 0 and height > 0) or not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        raise ValueError(f"bad box {list(box)} or image size {width}x{height}")
-    if x2 < x1 or y2 < y1:
-        raise ValueError(f"box {list(box)} has x2 < x1 or y2 < y1")
-    area = (x2 - x1) * (y2 - y1)
-    return ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, math.sqrt(area / (width * height)))
-
-
-def action_box(action: Sequence[float]) -> tuple[float, float, float, float]:
-    """The square [0, 1] box an action vector describes (side `scale`, centred at cx, cy), clipped."""
-    cx, cy, s = (float(v) for v in action)
-    h = s / 2
-    return (max(0.0, cx - h), max(0.0, cy - h), min(1.0, cx + h), min(1.0, cy + h))
 
 
 def _valid_action(nums: Sequence[float]) -> Action | None:
@@ -87,11 +65,13 @@ def truth_action(ground_truth: Any, extra_info: Any = None) -> tuple[Action | No
         act = _valid_action(flat)
         if act is not None:
             return act, None, False
-        boxes = coerce_boxes(flat)
+        try:
+            boxes = read_truth_boxes(flat)
+        except BoxError:
+            boxes = []
         if boxes:
             box = enclosing_box(boxes)
-            if all(0.0 <= v <= 1.0 + 1e-9 for v in box):
-                return action_vector(box), box, False
+            return action_vector(box), box, False
         if len(flat) == 0:
             return None, None, True
     info = extra_info if isinstance(extra_info, dict) else {}
@@ -127,12 +107,6 @@ def predicted_action(answer: str, convention: str = "auto", width: float | None 
     return None, None
 
 
-def _geometry(extra_info: Any, kwargs: dict) -> tuple:
-    from medrl.rewards.iou import image_geometry
-
-    return image_geometry(extra_info, kwargs)
-
-
 def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
                   box_convention: str = "auto", tolerance: float = TOLERANCE,
                   no_change_score: float = NO_CHANGE_SCORE, **kwargs: Any) -> dict:
@@ -144,12 +118,12 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
         tol = float(tolerance) if isinstance(tolerance, (int, float)) and tolerance > 0 else TOLERANCE
         answer, _ = answer_section(solution_str)
         truth, truth_box, empty = truth_action(ground_truth, extra_info)
-        width, height, min_px, max_px = _geometry(extra_info, kwargs)
+        width, height, min_px, max_px = image_geometry(extra_info, kwargs)
         pred, pred_box = predicted_action(answer, box_convention, width, height, min_px, max_px)
         result["parsed"] = 1.0 if pred is not None else 0.0
         result["from_box"] = 1.0 if pred_box is not None else 0.0
         if empty or truth is None:
-            said = pred is None and bool(_NO_CHANGE_RE.search(answer) or states_no_finding(answer))
+            said = pred is None and states_no_finding(answer)
             result["no_change"] = 1.0 if said else 0.0
             if said and empty:
                 result["parsed"] = 1.0

@@ -170,7 +170,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.output:
         with atomic_open(args.output, "w", encoding="utf-8") as fh:
             for (ds, *_), res in zip(rows, results):
-                fh.write(json.dumps({"data_source": ds, **res}) + "\n")
+                # NaN marks a reward this row's route does not use: left out, so the file stays plain JSON.
+                fh.write(json.dumps({"data_source": ds, **{k: v for k, v in res.items() if v == v}}) + "\n")
         console.print(f"per-row results: {args.output}")
     return 0
 
@@ -179,11 +180,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Print how one answer is read and scored."""
     from rich.console import Console
 
-    from medrl.boxes import CONVENTIONS, match_boxes, parse_boxes
-    from medrl.rewards import compose
-    from medrl.rewards.answer import answer_section, extract_think, states_no_finding
+    from medrl.boxes import CONVENTIONS, parse_boxes
+    from medrl.no_finding import states_no_finding
+    from medrl.rewards import compose, iou
+    from medrl.rewards.answer import answer_section, extract_think
     from medrl.rewards.format import format_ok
-    from medrl.rewards.iou import image_geometry, predicted_boxes, truth_boxes
 
     info = _json_arg(args.extra_info, "--extra-info")
     kwargs = _json_arg(args.kwargs, "--kwargs")
@@ -197,18 +198,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     c.print(f"[bold]answer section[/] (from {where}): {answer!r}")
     c.print(f"reasoning: {len(extract_think(args.solution).split())} words; format ok: {format_ok(args.solution)}; "
             f"states no finding: {states_no_finding(answer)}")
-    conv = kwargs.get("box_convention", "auto")
-    if conv in CONVENTIONS:
-        width, height, min_px, max_px = image_geometry(info, kwargs)
-        raw = parse_boxes(answer)
-        pred, unplaced = predicted_boxes(answer, conv, width, height, min_px, max_px)
-        true = truth_boxes(args.ground_truth)
+    if kwargs.get("box_convention", "auto") in CONVENTIONS:
+        # The IoU reward's own reading of the row: the boxes below are the ones it scores.
+        _, parse = iou.score_details(args.data_source, args.solution, args.ground_truth, info, **kwargs)
+        width, height, _, _ = iou.image_geometry(info, kwargs)
         size = f"{width:g}x{height:g}" if width and height else "size unknown"
-        c.print(f"[bold]boxes in the answer[/] (raw): {raw}")
-        c.print(f"  as [0, 1] with convention {conv!r} (image {size}): "
-                f"{[tuple(round(v, 4) for v in b) for b in pred]}" + (f"; {unplaced} not placeable" if unplaced else ""))
-        c.print(f"[bold]true boxes[/]: {[tuple(round(v, 4) for v in b) for b in true]}")
-        for p, t, v in match_boxes(pred, true):
+        c.print(f"[bold]boxes in the answer[/] (raw): {parse_boxes(answer)}")
+        c.print(f"  as [0, 1] with convention {parse.convention!r} (image {size}): "
+                f"{[tuple(round(v, 4) for v in b) for b in parse.pred]}")
+        c.print(f"[bold]true boxes[/]: {[tuple(round(v, 4) for v in b) for b in parse.true]}"
+                + (f" (ground truth does not read: {parse.truth_error})" if parse.truth_error else ""))
+        for p, t, v in parse.pairs:
             c.print(f"  match: predicted #{p} <-> true #{t}  IoU {v:.4f}")
     c.print(f"[bold]route[/] {route.pattern!r}: " + " + ".join(f"{t.weight:g} x {t.name}" for t in route.terms))
     result = compose.compute_score(args.data_source, args.solution, args.ground_truth, info, spec=spec, **kwargs)

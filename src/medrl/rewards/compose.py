@@ -13,9 +13,13 @@ A spec is a small mapping (YAML file, JSON string, or dict)::
 An exact route key wins; otherwise patterns are tried in the order written.
 The score is sum(weight * reward score); with non-negative weights that sum to 1
 (the default routes) it stays in [0, 1]. The returned keys are the same for every
-row of a spec: `score`, then for each reward used anywhere in the spec its score
-under its name and its other keys as `name/key` (0.0 where the row's route does
-not use that reward), because verl needs identical keys across a batch.
+row of a spec, because verl needs identical keys across a batch: `score`, then for
+each reward used anywhere in the spec its score under its name and its other keys
+as `name/key`. Where the row's route does not use a reward, its keys are NaN ("does
+not apply"), never 0.0: a 0.0 would be averaged in as a real miss. So verl's
+per-data-source validation metrics show each route's own rewards, a batch-wide
+`nanmean` of a key covers exactly the rows that use it, and a plain mean over a mixed
+batch is NaN instead of a silently diluted figure. `score` is always a number.
 
 Default routes (`DEFAULT_SPEC`): grounding (also change_grounding) -> 0.9 IoU +
 0.1 format, report (also change_caption) -> 0.9 BLEU + 0.1 format, VQA -> VQA
@@ -29,6 +33,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import importlib
+import inspect
 import json
 import math
 import os
@@ -49,6 +54,7 @@ class RewardEntry:
     keys: tuple[str, ...]
     batch_fn: Callable[..., list] | None = None
     async_fn: Callable[..., Any] | None = None
+    details_fn: Callable[..., tuple] | None = None  # (result, what was read), for evaluation reports
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,12 @@ DEFAULT_SPEC: dict = {
 
 
 def register_reward(name: str, fn: RewardFn, keys: Sequence[str], batch_fn: Callable | None = None,
-                    async_fn: Callable | None = None) -> None:
+                    async_fn: Callable | None = None, details_fn: Callable | None = None) -> None:
     """Register a reward under `name` so that specs can use it (keys must start with "score")."""
     keys = tuple(keys)
     if not keys or keys[0] != "score":
         raise ValueError(f"reward {name!r}: keys must start with 'score', got {keys}")
-    _REGISTRY[name] = RewardEntry(name, fn, keys, batch_fn, async_fn)
+    _REGISTRY[name] = RewardEntry(name, fn, keys, batch_fn, async_fn, details_fn)
 
 
 def reward_names() -> list[str]:
@@ -122,7 +128,7 @@ def get_reward(name: str) -> RewardEntry:
             raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(reward_names())}")
         mod = importlib.import_module(BUILTIN_REWARDS[name])
         register_reward(name, mod.compute_score, mod.KEYS, getattr(mod, "compute_score_batch", None),
-                        getattr(mod, "compute_score_async", None))
+                        getattr(mod, "compute_score_async", None), getattr(mod, "score_details", None))
     return _REGISTRY[name]
 
 
@@ -261,12 +267,37 @@ def route_names(spec: Any = None) -> list[str]:
     return [r.pattern for r in load_spec(spec).routes]
 
 
+def with_reward_kwargs(spec: Any = None, **overrides: Any) -> Spec:
+    """The spec with `overrides` given to every reward that takes them as named parameters, over the spec's values.
+
+    `medrl eval --box-convention` uses it, so the convention reaches the rewards through the spec.
+    """
+    s = load_spec(spec)
+
+    def takes(name: str) -> dict:
+        params = inspect.signature(get_reward(name).fn).parameters
+        return {k: v for k, v in overrides.items() if k in params}
+
+    routes = tuple(Route(r.pattern, tuple(Term(t.name, t.weight, {**t.kwargs, **takes(t.name)}) for t in r.terms))
+                   for r in s.routes)
+    kwargs = {**s.kwargs, **{t.name: {**s.kwargs.get(t.name, {}), **takes(t.name)} for r in routes for t in r.terms}}
+    return Spec(routes, kwargs, s.keys)
+
+
+def reward_kwargs(spec: Any, name: str, data_source: str | None = None) -> dict:
+    """The keyword arguments reward `name` gets from the spec (for `data_source`'s route when it uses the reward)."""
+    s = load_spec(spec)
+    route = find_route(data_source, s) if data_source is not None else None
+    term = next((t for t in route.terms if t.name == name), None) if route else None
+    return {**s.kwargs.get(name, {}), **(term.kwargs if term else {})}
+
+
 def _term_kwargs(s: Spec, term: Term, kwargs: dict) -> dict:
     return {**kwargs, **s.kwargs.get(term.name, {}), **term.kwargs}
 
 
 def _assemble(s: Spec, route: Route, parts: dict[str, dict]) -> dict:
-    out = dict.fromkeys(s.keys, 0.0)
+    out = dict.fromkeys(s.keys, math.nan)  # NaN: this row's route does not use that reward
     total = 0.0
     for term in route.terms:
         res = parts[term.name]
@@ -308,11 +339,25 @@ async def compute_score_async(data_source: str, solution_str: str, ground_truth:
 def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
                         extra_infos: Sequence[dict | None] | None = None, spec: Any = None, **kwargs: Any) -> list[dict]:
     """Batch variant for verl's batch reward manager; rewards with a batch variant get all their rows at once."""
+    return [r for r, _ in _score_rows(data_sources, solution_strs, ground_truths, extra_infos, spec, False, kwargs)]
+
+
+def score_batch_details(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
+                        extra_infos: Sequence[dict | None] | None = None, spec: Any = None,
+                        **kwargs: Any) -> list[tuple[dict, dict[str, Any]]]:
+    """`compute_score_batch`, with what each reward that has `score_details` read, by reward name, for each row."""
+    return _score_rows(data_sources, solution_strs, ground_truths, extra_infos, spec, True, kwargs)
+
+
+def _score_rows(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
+                extra_infos: Sequence[dict | None] | None, spec: Any, details: bool,
+                kwargs: dict) -> list[tuple[dict, dict[str, Any]]]:
     s = load_spec(spec)
     n = len(solution_strs)
     infos = list(extra_infos) if extra_infos is not None else [None] * n
     routes = [route_for(ds, s) for ds in data_sources]
     parts: list[dict[str, dict]] = [{} for _ in range(n)]
+    read: list[dict[str, Any]] = [{} for _ in range(n)]
     # Group rows by (reward, per-term kwargs) so each group is one batch call.
     groups: dict[tuple[str, str], tuple[Term, list[int]]] = {}
     for i, route in enumerate(routes):
@@ -322,11 +367,16 @@ def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str
     for (name, _), (term, rows) in groups.items():
         entry = get_reward(name)
         kw = _term_kwargs(s, term, kwargs)
-        if entry.batch_fn is not None:
-            results = entry.batch_fn([data_sources[i] for i in rows], [solution_strs[i] for i in rows],
-                                     [ground_truths[i] for i in rows], [infos[i] for i in rows], **kw)
+        args = [(data_sources[i], solution_strs[i], ground_truths[i], infos[i]) for i in rows]
+        if details and entry.details_fn is not None:
+            pairs = [entry.details_fn(*a, **kw) for a in args]
+            results = [p[0] for p in pairs]
+            for i, p in zip(rows, pairs):
+                read[i][name] = p[1]
+        elif entry.batch_fn is not None:
+            results = entry.batch_fn(*(list(col) for col in zip(*args)), **kw)
         else:
-            results = [entry.fn(data_sources[i], solution_strs[i], ground_truths[i], infos[i], **kw) for i in rows]
+            results = [entry.fn(*a, **kw) for a in args]
         for i, res in zip(rows, results):
             parts[i][name] = res
-    return [_assemble(s, routes[i], parts[i]) for i in range(n)]
+    return [(_assemble(s, routes[i], parts[i]), read[i]) for i in range(n)]

@@ -34,9 +34,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from medrl.boxes import CONVENTIONS, Box, match_boxes
+from medrl.boxes import CONVENTIONS, Box, BoxError, match_boxes
 from medrl.rewards.answer import answer_section, extract_think
-from medrl.rewards.iou import image_geometry, score_answer, truth_boxes
+from medrl.rewards.iou import GroundingParse, image_geometry, score_answer, truth_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -275,14 +275,17 @@ def _check_weights(w: Any) -> dict:
     return w
 
 
-def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
+def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
                   box_convention: str = "auto", weights: dict | None = None, weights_no_finding: dict | None = None,
-                  knowledge: str | None = None, **kwargs: Any) -> dict:
-    """Enhanced grounding reward in [0, 1] with keys `KEYS` (see the module rule)."""
+                  knowledge: str | None = None, **kwargs: Any) -> tuple[dict, GroundingParse]:
+    """The enhanced reward (keys `KEYS`) and the boxes its spatial and IoU parts read (as the IoU reward reads them)."""
     if box_convention not in CONVENTIONS:
         raise ValueError(f"enhanced reward: unknown box_convention {box_convention!r}; expected one of {CONVENTIONS}")
     answer, _ = answer_section(solution_str)
-    true = truth_boxes(ground_truth)
+    try:
+        true = truth_boxes(ground_truth)
+    except BoxError as exc:  # a truth that does not read scores 0, as in the IoU reward
+        return dict.fromkeys(KEYS, 0.0), GroundingParse([], [], [], False, box_convention, str(exc))
     width, height, min_px, max_px = image_geometry(extra_info, kwargs)
     base, pred, pairs = score_answer(answer, true, box_convention, width, height, min_px, max_px)
     no_finding = bool(base["no_finding"])
@@ -326,5 +329,14 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
     total = sum(float(w.get(k, 0.0)) * parts[k] for k in PARTS)
     norm = sum(float(w.get(k, 0.0)) for k in PARTS)
     score = min(1.0, max(0.0, total / norm)) if norm > 0 else 0.0
-    return {"score": score, **parts, "iou": base["score"], "fallbacks": float(fallbacks),
-            "n_pred": base["n_pred"], "n_true": base["n_true"], "no_finding_truth": 0.0 if true else 1.0}
+    result = {"score": score, **parts, "iou": base["score"], "fallbacks": float(fallbacks),
+              "n_pred": base["n_pred"], "n_true": base["n_true"], "no_finding_truth": 0.0 if true else 1.0}
+    return result, GroundingParse(pred, true, pairs, no_finding, box_convention)
+
+
+def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
+                  box_convention: str = "auto", weights: dict | None = None, weights_no_finding: dict | None = None,
+                  knowledge: str | None = None, **kwargs: Any) -> dict:
+    """Enhanced grounding reward in [0, 1] with keys `KEYS` (see the module rule)."""
+    return score_details(data_source, solution_str, ground_truth, extra_info, box_convention, weights,
+                         weights_no_finding, knowledge, **kwargs)[0]

@@ -8,37 +8,59 @@ Non-empty truth and no box: 0. Range [0, 1].
 Predicted boxes are read from the answer section (`medrl.rewards.answer`) and
 converted to [0, 1] with `box_convention` (norm1 | norm1000 | abs | abs_resized | auto)
 and the original image size in `extra_info` (`width`, `height`, optional
-`min_pixels`/`max_pixels`). Ground-truth boxes are stored in [0, 1].
+`min_pixels`/`max_pixels`). Ground-truth boxes are stored in [0, 1] and read with the
+converters' strict reader (`medrl.boxes.read_truth_boxes`); a truth that does not read
+scores 0 (`medrl check` names such rows). "States no finding" is `medrl.no_finding`,
+the rule the converters use for their no-finding truths.
+
+`score_details` returns the result together with what it read (`GroundingParse`), so
+that evaluation reports IoU, acc@0.5 and mAP from the very boxes the score came from.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
 
-from medrl.boxes import CONVENTIONS, Box, BoxError, coerce_boxes, match_boxes, parse_boxes, to_norm1
-from medrl.rewards.answer import answer_section, states_no_finding
+from medrl.boxes import CONVENTIONS, Box, BoxError, match_boxes, parse_boxes, read_truth_boxes, to_norm1
+from medrl.no_finding import states_no_finding
+from medrl.rewards.answer import answer_section
 
 KEYS = ("score", "iou", "n_pred", "n_true", "n_matched", "parsed", "no_finding")
 NO_FINDING_SCORE = 0.8
 
 
+@dataclass(frozen=True)
+class GroundingParse:
+    """What the IoU reward read from one row: the boxes it scored, in [0, 1], and how it read them."""
+
+    pred: list[Box]
+    true: list[Box]
+    pairs: list[tuple[int, int, float]]
+    no_finding: bool  # the answer draws no box and states no finding
+    convention: str
+    truth_error: str | None = None  # why the ground truth did not read (then the score is 0)
+
+
 @lru_cache(maxsize=65536)
 def _truth_from_text(text: str) -> tuple[Box, ...]:
-    return tuple(coerce_boxes(text))
+    return tuple(read_truth_boxes(text))
 
 
 def truth_boxes(ground_truth: Any) -> list[Box]:
-    """Ground-truth boxes in [0, 1] from a JSON string, list, dict or numpy array (cached for strings)."""
+    """Ground-truth boxes in [0, 1] from a JSON string, list, dict or numpy array; raises BoxError (cached for strings)."""
     if isinstance(ground_truth, dict) and "ground_truth" in ground_truth:
         ground_truth = ground_truth["ground_truth"]
     if isinstance(ground_truth, str):
         return list(_truth_from_text(ground_truth[:100_000]))
     try:
-        return coerce_boxes(ground_truth)
-    except (TypeError, ValueError, AttributeError, RecursionError):
-        return []
+        return read_truth_boxes(ground_truth)
+    except (TypeError, ValueError, AttributeError, RecursionError) as exc:
+        if isinstance(exc, BoxError):
+            raise
+        raise BoxError(f"ground truth does not read: {type(exc).__name__}") from exc
 
 
 def image_geometry(extra_info: Any, kwargs: dict) -> tuple[float | None, float | None, int | None, int | None]:
@@ -113,12 +135,24 @@ def score_answer(answer: str, true: Sequence[Box], convention: str = "auto", wid
     return result, pred, pairs
 
 
-def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
-                  box_convention: str = "auto", no_finding_score: float = NO_FINDING_SCORE, **kwargs: Any) -> dict:
-    """Grounding reward in [0, 1] with keys `KEYS` (see the module rule)."""
+def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
+                  box_convention: str = "auto", no_finding_score: float = NO_FINDING_SCORE,
+                  **kwargs: Any) -> tuple[dict, GroundingParse]:
+    """The grounding reward (keys `KEYS`) and what it read: the one parse that evaluation reports from."""
     if box_convention not in CONVENTIONS:
         raise ValueError(f"iou reward: unknown box_convention {box_convention!r}; expected one of {CONVENTIONS}")
     answer, _ = answer_section(solution_str)
+    try:
+        true = truth_boxes(ground_truth)
+    except BoxError as exc:
+        return dict.fromkeys(KEYS, 0.0), GroundingParse([], [], [], False, box_convention, str(exc))
     width, height, min_px, max_px = image_geometry(extra_info, kwargs)
-    return score_answer(answer, truth_boxes(ground_truth), box_convention, width, height, min_px, max_px,
-                        no_finding_score)[0]
+    result, pred, pairs = score_answer(answer, true, box_convention, width, height, min_px, max_px, no_finding_score)
+    return result, GroundingParse(pred, true, pairs, bool(result["no_finding"]), box_convention)
+
+
+def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
+                  box_convention: str = "auto", no_finding_score: float = NO_FINDING_SCORE, **kwargs: Any) -> dict:
+    """Grounding reward in [0, 1] with keys `KEYS` (see the module rule)."""
+    return score_details(data_source, solution_str, ground_truth, extra_info, box_convention, no_finding_score,
+                         **kwargs)[0]

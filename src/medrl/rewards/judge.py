@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from medrl.boxes import coerce_boxes, format_boxes
+from medrl.boxes import BoxError, format_boxes, read_truth_boxes
 from medrl.rewards.answer import answer_section
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,10 @@ def build_messages(data_source: Any, solution_str: str, ground_truth: Any, extra
     if isinstance(ground_truth, str):
         reference = ground_truth
     else:
-        boxes = coerce_boxes(ground_truth)
+        try:
+            boxes = read_truth_boxes(ground_truth)
+        except BoxError:
+            boxes = []
         reference = format_boxes(boxes, 3) if boxes else str(ground_truth)
     answer, _ = answer_section(solution_str)
     text = prompts["user"]

@@ -101,7 +101,7 @@ def check(outs, rm_scores, want):
     assert len(key_sets) == 1, f"reward keys differ between samples: {key_sets}"
     for o, w in zip(outs, want):
         for k, v in w.items():
-            assert o["reward_extra_info"][k] == pytest.approx(v), k
+            assert o["reward_extra_info"][k] == pytest.approx(v, nan_ok=True), k
     assert rm_scores.sum(dim=1).tolist() == pytest.approx([w["score"] for w in want])
 
 
@@ -177,8 +177,22 @@ def test_judge_file_through_reward_loop(repo_root, tokenizer, name, monkeypatch)
         assert out["reward_extra_info"]["judge_parsed"] == [1.0, 1.0]
 
 
-def test_every_custom_reward_file_is_covered(repo_root):
-    files = {p.name for p in (repo_root / "custom_reward").glob("*.py")}
-    covered = {"iou_reward.py", "enhanced_medical_reward.py", "bleu_reward.py", "format_reward.py",
-               "medrl_reward.py", "reward_config.py", "judge_reward.py", "change_reward.py"}
-    assert files == covered, f"a reward file has no verl loading test: {files - covered}"
+def test_every_reward_file_is_a_door_verl_can_run(repo_root, tokenizer):
+    """Each file under custom_reward/, found on disk: verl loads it by path and runs it through its reward loop;
+    it scores every kind of row exactly as the medrl reward it re-exports, and its scores follow the answers."""
+    import importlib.util
+
+    files = sorted((repo_root / "custom_reward").glob("*.py"))
+    rows = ROWS + CHANGE + [("medrl/report", "<answer>GARBLE</answer>", "Small left pleural effusion.", {})]
+    with FakeJudgeServer() as srv:
+        for path in files:
+            spec = importlib.util.spec_from_file_location(f"door_{path.stem}", path)
+            door = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(door)
+            medrl_fn = door.compute_score
+            assert medrl_fn.__module__.startswith("medrl.rewards."), f"{path.name} holds reward logic of its own"
+            kwargs = {"base_url": srv.url, "retries": 0} if medrl_fn.__module__ == "medrl.rewards.judge" else {}
+            outs, rm = run_reward_loop(verl_config(str(path), "compute_score", **kwargs), rows, tokenizer)
+            check(outs, rm, expected(medrl_fn, rows, **kwargs))
+            scores = [o["reward_score"] for o in outs]
+            assert all(0.0 <= v <= 1.0 for v in scores) and len(set(scores)) > 1, (path.name, scores)

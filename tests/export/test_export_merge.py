@@ -3,7 +3,8 @@
 The checkpoints are written by this file run under torchrun (see `_save_checkpoints`):
 the tiny model, one AdamW step so weights differ from the start, then verl's own
 checkpoint save; rank 0 also saves torch's full state dict (torch.distributed.checkpoint),
-a reference independent of verl's merger and of medrl's verifier.
+a reference independent of verl's merger and of medrl's verifier. Marked slow (a torchrun
+of two ranks and three checkpoints); `test_verify.py` checks the verifier's independence fast.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow
 
 LORA_ALPHA = 16
 

@@ -162,6 +162,37 @@ def test_char_limit_rejects_long_prompts(tmp_path):
     s = convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / "o"), progress=False,
                                length=LengthOptions(max_prompt_chars=20)))
     assert s["rejects_by_reason"] == {"prompt over the character limit": 4}
+    # A record whose every row the length filter removed is rejected, not converted.
+    assert s["records_converted"] == 0 and s["rows_written"] == {"train": 0}
+
+
+def test_a_record_keeps_counting_as_converted_while_one_of_its_rows_is_written(tmp_path):
+    from medrl.data.length import LengthOptions
+
+    _png(tmp_path / "img/0.png")
+    long_q = "Locate the nodule. " * 20
+    rec = _rec(0, image="img/0.png")
+    rec["conversations"] += [{"from": "human", "value": long_q}, {"from": "gpt", "value": rec["conversations"][1]["value"]}]
+    (tmp_path / "d.json").write_text(json.dumps([rec, _rec(1, image="img/0.png")]))
+    s = convert(ConvertOptions(inputs=[str(tmp_path / "d.json")], output_dir=str(tmp_path / "o"), progress=False,
+                               length=LengthOptions(max_prompt_chars=700)))
+    assert s["rows_written"] == {"train": 2} and s["rejected"] == 1  # turn 2 of g0 is too long
+    assert s["records_converted"] == 2
+
+
+def test_seeded_sample_is_the_same_wherever_the_data_lies(tmp_path):
+    path = _corpus(tmp_path)
+    elsewhere = tmp_path / "some" / "other" / "folder"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "img").symlink_to(tmp_path / "img")
+    moved = elsewhere / "renamed.json"
+    moved.write_bytes(path.read_bytes())
+    picks = []
+    for src, run in ((path, "a"), (moved, "b")):
+        convert(ConvertOptions(inputs=[str(src)], output_dir=str(tmp_path / run), limit=10, shuffle=True, seed=5,
+                               progress=False))
+        picks.append(sorted(_ids(tmp_path / f"{run}/train.parquet")))
+    assert picks[0] == picks[1] and len(picks[0]) == 10
 
 
 def test_worker_processes_give_the_same_rows_in_the_same_order(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
 
@@ -97,8 +98,43 @@ def test_async_and_batch_agree_with_sync():
     assert asyncio.run(main()) == sync
     assert compose.compute_score_batch(*zip(*rows), None) == sync
     assert all(tuple(r) == compose.load_spec(None).keys for r in sync)
-    assert sync[0]["iou/n_pred"] == 1.0 and sync[1]["iou/n_pred"] == 0.0  # absent reward: keys kept, 0.0
+    assert sync[0]["iou/n_pred"] == 1.0 and math.isnan(sync[1]["iou/n_pred"])  # absent reward: keys kept, NaN
     assert iou.KEYS[0] == "score"
+
+
+def test_a_reward_key_means_only_the_rows_whose_route_uses_it():
+    """A mixed batch: each reward key's mean over the batch (nanmean) and per data source (verl) covers its rows."""
+    import numpy as np
+    from verl.trainer.ppo.metric_utils import process_validation_metrics
+
+    ground = [GROUND, ("medrl/grounding", "<answer>[0.1, 0.2, 0.3, 0.4]</answer>", "[[0.1,0.2,0.5,0.6]]")]
+    report = [("medrl/report", "<answer>no finding</answer>", "No finding.")] * 3
+    rows = ground + report
+    outs = compose.compute_score_batch(*zip(*rows), None)
+    ious = [compose.compute_score(*r)["iou"] for r in ground]
+    assert 0 < min(ious) < max(ious) == 1.0
+    assert np.nanmean([o["iou"] for o in outs]) == pytest.approx(np.mean(ious))  # not diluted by report rows
+    assert all(math.isnan(o["iou"]) and math.isnan(o["iou/n_pred"]) for o in outs[2:])
+    assert all(math.isnan(o["bleu"]) for o in outs[:2]) and [o["bleu"] for o in outs[2:]] == [1.0] * 3
+    assert all(math.isfinite(o["score"]) for o in outs)
+    # verl's validation metrics are per data source: each shows its own rewards, nothing of the others.
+    extra = {k: [o[k] for o in outs] for k in outs[0]}
+    metrics = process_validation_metrics([r[0] for r in rows], list(range(len(rows))), extra)
+    assert metrics["medrl/grounding"]["iou"]["mean@1"] == pytest.approx(np.mean(ious))
+    assert metrics["medrl/report"]["bleu"]["mean@1"] == 1.0
+    assert math.isnan(metrics["medrl/report"]["iou"]["mean@1"])
+
+
+def test_overrides_reach_every_reward_that_takes_them():
+    spec = compose.load_spec({"routes": {"medrl/grounding": {"iou": {"weight": 1.0, "box_convention": "norm1"}},
+                                         "medrl/report": {"bleu": 1.0}},
+                              "kwargs": {"iou": {"box_convention": "norm1"}}})
+    row = ("medrl/grounding", "<answer>[100, 200, 500, 600]</answer>", "[[0.1,0.2,0.5,0.6]]")
+    assert compose.compute_score(*row, spec=spec)["score"] == 0.0
+    over = compose.with_reward_kwargs(spec, box_convention="norm1000")
+    assert compose.compute_score(*row, spec=over)["score"] == 1.0  # over the route's own setting too
+    assert compose.reward_kwargs(over, "iou", "medrl/grounding") == {"box_convention": "norm1000"}
+    assert "box_convention" not in compose.reward_kwargs(over, "bleu", "medrl/report")  # bleu takes no such argument
 
 
 def test_spec_from_hydra_reward_kwargs():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from medrl.export.rows import RowError, read_rows
-from medrl.export.runner import RunConfig, run_eval
+from medrl.export.eval_pipeline import RunConfig, run_eval
 
 BOX1 = [0.2, 0.2, 0.5, 0.7]
 BOX2 = [0.55, 0.1, 0.9, 0.4]
@@ -146,6 +146,25 @@ def test_credit_no_finding_and_box_convention_flags(tmp_path):
     assert report["results"]["m"]["by_data_source"]["medrl/grounding"]["iou"]["mean"] == 0.0
 
 
+def test_box_convention_moves_score_iou_and_map_together(tmp_path):
+    """One scoring path: the convention reaches the reward through the spec; IoU and mAP use the reward's boxes."""
+    data = write_parquet(tmp_path, make_rows(tmp_path)[:2])  # one true box, two true boxes
+    per_mille = {"g0": "<think>x</think><answer>[200, 200, 500, 700]</answer>",
+                 "g1": "<think>x</think><answer>[200, 200, 500, 700] and [550, 100, 900, 400]</answer>"}
+    for conv, hit in (("norm1000", 1.0), ("norm1", 0.0)):
+        report = run_eval(["m"], _cfg(data, tmp_path / conv, box_convention=conv),
+                          generator_factory=lambda p: Scripted(per_mille, {}))
+        ground = report["results"]["m"]["by_data_source"]["medrl/grounding"]
+        assert ground["score"]["mean"] == pytest.approx(0.9 * hit + 0.1)  # 0.9 IoU + 0.1 format
+        assert ground["iou"]["mean"] == pytest.approx(hit) and ground["mAP@0.5"] == pytest.approx(hit)
+        recs = [json.loads(line) for line in (tmp_path / conv / "scores.jsonl").read_text().splitlines()]
+        for r in recs:  # the report's IoU is the reward's IoU: the same parse
+            assert r["metrics"]["iou"] == pytest.approx(r["reward"]["iou/iou"]) and r["box_convention"] == conv
+            assert "bleu" not in r["reward"]  # a reward this route does not use is not reported for the row
+        assert report["box_convention"] == conv
+        assert (tmp_path / conv / "report.md").read_text().count("box convention") == 1
+
+
 def test_resume_continues_after_an_interruption(tmp_path):
     data = write_parquet(tmp_path, make_rows(tmp_path))
     rows = read_rows(data)
@@ -204,6 +223,7 @@ def test_bad_rows_name_the_file_and_row(tmp_path):
         read_rows(tmp_path / "missing.parquet")
 
 
+@pytest.mark.slow  # real generation with the tiny model, batched and one by one (about 20 s)
 def test_cli_with_the_tiny_model(tmp_path, tiny_model_dir):
     """The real path: processor chat template, image refs, batched left-padded HF generate, CLI output."""
     from medrl.cli import main
@@ -214,7 +234,9 @@ def test_cli_with_the_tiny_model(tmp_path, tiny_model_dir):
             "--max-new-tokens", "8", "--reward", "iou", "--limit", "5"]
     assert main(argv) == 0
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
-    assert len(gens) == 5 and all(isinstance(g["text"], str) for g in gens)
+    assert [g["key"] for g in gens] == [r.key for r in read_rows(data, limit=5)]
+    scored = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert [s["output"] for s in scored] == [g["text"] for g in gens]  # what was generated is what was scored
     meta = json.loads((out / "generations.meta.json").read_text())
     assert meta["backend"] == "transformers" and meta["max_new_tokens"] == 8
     report = json.loads((out / "report.json").read_text())

@@ -82,6 +82,7 @@ def test_file_reference_images_load_through_verl(sample_json, tiny_model_dir, tm
     assert len(imgs) == 1 and isinstance(imgs[0], Image.Image)
 
 
+@pytest.mark.slow  # the tiny model's processor over every sample row, twice (about 20 s)
 def test_exact_token_filter_agrees_with_verls_own_filter(sample_json, tiny_model_dir, tmp_path):
     proc = load_processor(str(tiny_model_dir))
     rows = pq.read_table(_full(sample_json, tmp_path) / "train.parquet").to_pylist()
@@ -174,8 +175,9 @@ def test_truth_problem_rules():
     from medrl.data.check import truth_problem
 
     assert truth_problem("[]") is None and truth_problem("[[0.1,0.2,0.3,0.4]]") is None
-    assert "4 numbers" in truth_problem("[[0.1,0.2,0.3]]")
-    assert "[0, 1]" in truth_problem("[[10,20,30,40]]")
+    assert truth_problem("[[0.1,0.2,0.3]]") == "box with 3 numbers"  # the converters' and the rewards' reader
+    assert truth_problem("[[10,20,30,40]]") == "coordinates above 1 with no known image size"
+    assert truth_problem("[[0.2,0.2,0.2,0.4]]") == "box with zero width or height"
     assert "x2 < x1" in truth_problem("[[0.5,0.2,0.3,0.4]]")
     assert "not JSON" in truth_problem("[[0.1,")
     assert "JSON string" in truth_problem(None)

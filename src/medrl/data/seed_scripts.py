@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medrl.data.commands import add_convert_arguments, options_from_args, print_summary
+from medrl.data.prepare_args import add_convert_arguments, options_from_args, print_summary
 
 # The seed's "fast" variant cut prompts over 8192 characters (about 2048 tokens).
 FAST_MAX_PROMPT_CHARS = 8192
@@ -17,7 +17,7 @@ PRESETS = {
 }
 
 
-def door_main(preset: str, argv: list[str] | None = None) -> int:
+def seed_script_main(preset: str, argv: list[str] | None = None) -> int:
     """Parse the seed-style arguments for `preset` and run the medrl converter."""
     task, description = PRESETS[preset]
     p = argparse.ArgumentParser(description=f"{description}. Thin door into `medrl prepare {task}`; "

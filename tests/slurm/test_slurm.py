@@ -18,7 +18,7 @@ import pytest
 from medrl.cli import main
 from medrl.slurm import EXAMPLE_JOBS, SlurmJobError, render_job, write_example_jobs, write_seed_jobs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
 SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
 BOOTSTRAP_MARK = "# ---- Ray-on-Slurm bootstrap"

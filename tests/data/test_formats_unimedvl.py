@@ -10,8 +10,8 @@ import pytest
 
 from formats_util import check_clean, load_with_verl, n_images, run_cli
 from medrl.data.rejects import RejectError, read_rejects
-from medrl.data.unimedvl import (BAD_IMAGE_ENTRY, NO_TASK_TYPE, UNSUPPORTED_OUTPUT_IMAGE, read_unimedvl, to_llava,
-                                 write_sample)
+from medrl.data.unimedvl import BAD_IMAGE_ENTRY, NO_TASK_TYPE, UNSUPPORTED_OUTPUT_IMAGE, read_unimedvl, to_llava
+from medrl.data.unimedvl_sample import write_sample
 
 MSG = [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "Clear lungs."}]
 

@@ -36,10 +36,12 @@ REWARDS = [(iou, (0.0, 1.0)), (bleu, (0.0, 1.0)), (fmt, (0.0, 1.0)), (vqa, (0.0,
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _check(res: dict, keys: tuple, lo: float, hi: float) -> None:
+def _check(res: dict, keys: tuple, lo: float, hi: float, unused: tuple = ()) -> None:
+    """Keys, score range, floats; NaN only under the rewards in `unused` (not on the row's route)."""
     assert tuple(res) == keys
     assert lo <= res["score"] <= hi
-    assert all(isinstance(v, float) and v == v for v in res.values())
+    assert all(isinstance(v, float) for v in res.values())
+    assert all((v != v) == (k.split("/")[0] in unused) for k, v in res.items()), res
 
 
 @SETTINGS
@@ -72,7 +74,8 @@ def test_composed_keys_identical_across_sources(rows):
     keys = compose.load_spec(None).keys
     outs = compose.compute_score_batch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], None)
     for out, row in zip(outs, rows):
-        _check(out, keys, 0, 1)
+        used = {t.name for t in compose.route_for(row[0]).terms}
+        _check(out, keys, 0, 1, unused=tuple({k.split("/")[0] for k in keys[1:]} - used))
         assert out == compose.compute_score(row[0], row[1], row[2], None)
 
 

@@ -39,7 +39,7 @@ def check_clean(parquet: str | Path, model_dir: str | Path, spec=None) -> dict:
 
 def prepare_parser() -> argparse.ArgumentParser:
     """A `medrl prepare` parser carrying only the seed-format sub-commands."""
-    from medrl.data.format_commands import register_formats
+    from medrl.data.prepare_formats import register_formats
 
     parser = argparse.ArgumentParser(prog="medrl prepare")
     register_formats(parser.add_subparsers(dest="prepare_task", required=True))

@@ -29,15 +29,6 @@ def test_answer_section(text, section, where):
     assert answer.answer_section(text) == (section, where)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("No abnormalities or lesions are detected on this Chest X-ray.", True),
-    ("No acute cardiopulmonary process.", True), ("Normal chest radiograph.", True),
-    ("No finding.", True), ("Cardiomegaly is present.", False), ("There is no pneumothorax here? Effusion.", False),
-])
-def test_states_no_finding(text, expected):
-    assert answer.states_no_finding(text) is expected
-
-
 # --- IoU -----------------------------------------------------------------------------------
 def score(sol, gt=TRUE, info=None, **kw):
     return iou.compute_score("medrl/grounding", sol, json.dumps(gt) if isinstance(gt, list) else gt, info, **kw)
@@ -234,7 +225,7 @@ def test_enhanced_falls_back_to_iou_and_counts(tmp_path, monkeypatch):
 
 
 def test_no_eval_in_reward_code():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     files = list((root / "src/medrl/rewards").rglob("*.py")) + list((root / "custom_reward").glob("*.py"))
     assert files
     for path in files:

@@ -1,7 +1,7 @@
 """`medrl prepare unimedvl | mecovqa | change | mix | format-samples`: the seed systems' data formats.
 
 Wired by `medrl.data.commands.register` with one call on its `prepare` sub-parsers:
-``register_formats(psub)``. `python -m medrl.data.format_commands OUT` writes the samples.
+``register_formats(psub)``. `python -m medrl.data.prepare_formats OUT` writes the samples.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from medrl.data.commands import add_convert_arguments, options_from_args, print_summary
+from medrl.data.prepare_args import add_convert_arguments, options_from_args, print_summary
 from medrl.data.records import TASKS
 
 HELP = {
@@ -101,12 +101,12 @@ def print_proportions(summary: dict) -> None:
 
 def write_samples(out: str | Path) -> dict[str, Path]:
     """Generate every format's sample under `out` (unimedvl/, mecovqa/, change/)."""
-    from medrl.data import change, mecovqa, unimedvl
+    from medrl.data import change_sample, mecovqa_sample, unimedvl_sample
 
     out = Path(out)
-    return {"unimedvl": unimedvl.write_sample(out / "unimedvl"),
-            "mecovqa": mecovqa.write_sample(out / "mecovqa")[0].parent,
-            "change": change.write_sample(out / "change")}
+    return {"unimedvl": unimedvl_sample.write_sample(out / "unimedvl"),
+            "mecovqa": mecovqa_sample.write_sample(out / "mecovqa")[0].parent,
+            "change": change_sample.write_sample(out / "change")}
 
 
 def run_samples(args: argparse.Namespace) -> int:

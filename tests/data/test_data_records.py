@@ -9,7 +9,7 @@ from PIL import Image
 
 from medrl.data import rejects
 from medrl.data.images import ImageOptions, load_image
-from medrl.data.records import RecordOptions, build_rows, is_no_finding
+from medrl.data.records import RecordOptions, build_rows
 from medrl.data.rejects import RejectError
 
 
@@ -206,12 +206,6 @@ def test_embed_mode_downscales_to_the_pixel_budget(png, tmp_path):
     small = Image.open(__import__("io").BytesIO(info.payload["bytes"]))
     assert small.width * small.height <= 10_000 and abs(small.width / small.height - 4 / 3) < 0.05
     assert (info.width, info.height) == (400, 300)
-
-
-def test_no_finding_phrases():
-    assert is_no_finding("No abnormalities or lesions are detected on this Chest X-ray.")
-    assert is_no_finding("No finding")
-    assert not is_no_finding("There is a nodule in the left lung.")
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "I;16", "1"])

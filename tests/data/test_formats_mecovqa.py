@@ -94,7 +94,7 @@ def test_region_is_kept_in_prompt_and_extra_info(tmp_path):
     item = _record(tmp_path, "region", _mask())
     (row,) = build_meco_rows(item, MecoOptions(min_area=4), RecordOptions()).rows
     assert row["extra_info"]["region"] == [2 / 40, 0.05, 39 / 40, 0.7]
-    assert "region [0.05, 0.05, 0.97, 0.70]" in row["prompt"][-1]["content"]
+    assert "region [0.05, 0.05, 0.975, 0.70]" in row["prompt"][-1]["content"]
     assert "<region>" not in row["prompt"][-1]["content"]
     assert row["reward_model"]["ground_truth"] == "A cyst." and row["data_source"] == "medrl/report"
 
