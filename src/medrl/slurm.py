@@ -185,6 +185,14 @@ def _env_lines(job: SlurmJob) -> list[str]:
     return lines
 
 
+def judge_command(job: SlurmJob) -> list[str]:
+    """The command the judge node runs: `vllm serve` of the judge model on all interfaces."""
+    if job.judge_command:
+        return ["bash", "-c", job.judge_command]
+    return ["vllm", "serve", job.judge_model or "", "--host", "0.0.0.0", "--port", str(job.judge_port),
+            *job.judge_args]
+
+
 def render(job: SlurmJob) -> str:
     """Render the full sbatch script text for `job`."""
     validate(job)
@@ -192,9 +200,7 @@ def render(job: SlurmJob) -> str:
 
     command = ["bash", "-c", job.command] if job.command else job_command(job)
     worker_start = ["bash", "-c", job.worker_start, "worker-start"] if job.worker_start else ["ray", "start"]
-    judge = (["bash", "-c", job.judge_command] if job.judge_command
-             else ["vllm", "serve", job.judge_model or "", "--host", "0.0.0.0",
-                   "--port", str(job.judge_port), *job.judge_args])
+    judge = judge_command(job)
     gpus = job.ray_gpus if job.ray_gpus is not None else (job.gpus_per_node or None)
     settings = {
         "MEDRL_RAY_PORT": shlex.quote(str(job.ray_port)),

@@ -13,7 +13,7 @@ exponential back-off (connection errors, timeouts, HTTP 429/5xx), and at most
 
 Settings are reward kwargs (`base_url`, `model`, `api_key`, `timeout`, `retries`,
 `backoff`, `max_concurrency`, `default_score`, `max_tokens`, `temperature`,
-`send_image`, `category`, `prompts`), with `MEDRL_JUDGE_URL`, `MEDRL_JUDGE_MODEL`
+`send_image`, `category`, `prompts`, `structured` (vLLM: reply forced to `Score: N`)), with `MEDRL_JUDGE_URL`, `MEDRL_JUDGE_MODEL`
 and `MEDRL_JUDGE_API_KEY` as fallbacks.
 """
 
@@ -53,6 +53,8 @@ CATEGORY_PATTERNS = (("*grounding*", "grounding"), ("*change*", "change"), ("*re
                      ("*caption*", "report"), ("*vqa*", "vqa"))
 
 _NUM = r"[-+]?\d{1,6}(?:\.\d{1,6})?"
+# The reply form vLLM's structured outputs enforce with `structured: true` (parsed by _LABELLED_RE).
+STRUCTURED_REPLY = r"Score: (10(\.0)?|[0-9](\.[0-9])?)"
 _LABELLED_RE = re.compile(rf"(?:score|rating|grade)\s*[:=]?\s*({_NUM})(?:\s*(?:/|out\s+of)\s*({_NUM}))?", re.I)
 _RATIO_RE = re.compile(rf"({_NUM})\s*(?:/|out\s+of)\s*({_NUM})", re.I)
 _BARE_RE = re.compile(rf"\s*({_NUM})\s*[.!]?\s*")
@@ -76,6 +78,10 @@ class JudgeConfig:
     send_image: bool = True
     category: str | None = None
     prompts: str | None = None
+    # vLLM servers only: constrain the reply to `Score: N` with vLLM's structured outputs, so even
+    # a weak or small judge always answers in a form that parses (`structured_outputs` is a vLLM
+    # extension of the OpenAI API; other servers refuse unknown fields, so it is off by default).
+    structured: bool = False
 
 
 def config_from(kwargs: dict) -> JudgeConfig:
@@ -211,6 +217,8 @@ def _request(cfg: JudgeConfig, messages: list[dict]) -> str:
     """One chat-completion request; returns the reply text. Raises _RetryableError or urllib.error.HTTPError."""
     payload = {"model": cfg.model, "messages": messages, "max_tokens": int(cfg.max_tokens),
                "temperature": float(cfg.temperature)}
+    if _truthy(cfg.structured):
+        payload["structured_outputs"] = {"regex": STRUCTURED_REPLY}
     headers = {"Content-Type": "application/json"}
     if cfg.api_key:
         headers["Authorization"] = f"Bearer {cfg.api_key}"
@@ -228,6 +236,11 @@ def _request(cfg: JudgeConfig, messages: list[dict]) -> str:
         raise _RetryableError(str(exc)) from exc
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise _RetryableError(f"unreadable reply: {exc}") from exc
+
+
+def _truthy(value: Any) -> bool:
+    """A reward kwarg read as a boolean (Hydra may pass "false" as a string)."""
+    return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
 
 
 def _delay(cfg: JudgeConfig, attempt: int) -> float:
