@@ -1,4 +1,8 @@
-"""`medrl reward score` (statistics of a reward over a file) and `medrl reward explain` (one answer, by hand)."""
+"""`medrl reward score` (statistics of a reward over a file) and `medrl reward explain` (one answer, by hand).
+
+`--reward` takes a reward name, a spec, or a user's `file.py[:function]`; `new` and
+`check` live in `medrl.rewards.user_commands`.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,19 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
+from medrl.rewards import user_commands
+
 SOLUTION_KEYS = ("solution", "solution_str", "response")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `medrl reward score|explain`."""
+    """Add `medrl reward score|explain|new|check`."""
     p = subparsers.add_parser("reward", help="score files with a reward, or explain one score")
     sub = p.add_subparsers(dest="reward_command", metavar="ACTION")
 
     s = sub.add_parser("score", help="score a JSONL/parquet of rollouts; stats per data source and a histogram")
-    s.add_argument("--reward", default=None, help="reward name (iou, bleu, ...) or spec (YAML path / JSON); "
-                                                  "default: medrl's default routes")
+    s.add_argument("--reward", default=None, help="reward name (iou, bleu, ...), spec (YAML path / JSON) or "
+                                                  "your FILE.py[:function]; default: medrl's default routes")
     s.add_argument("--input", required=True, help="JSONL or parquet with solution, ground_truth[, data_source, "
                                                   "extra_info] (or verl's reward_model.ground_truth)")
     s.add_argument("--data-source", default=None, help="data_source for rows without one")
@@ -28,13 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_score)
 
     e = sub.add_parser("explain", help="show the parsed answer, boxes, matching and every part of one score")
-    e.add_argument("--reward", default="iou", help="reward name or spec (default: iou)")
+    e.add_argument("--reward", default="iou", help="reward name, spec or FILE.py[:function] (default: iou)")
     e.add_argument("--solution", required=True, help="the model's reply")
     e.add_argument("--ground-truth", required=True, help="the reference (boxes as JSON, or text)")
     e.add_argument("--data-source", default="medrl/grounding")
     e.add_argument("--extra-info", default="{}", help="extra_info as JSON, e.g. '{\"width\": 1024, \"height\": 768}'")
     e.add_argument("--kwargs", default="{}", help="reward kwargs as JSON")
     e.set_defaults(func=cmd_explain)
+    user_commands.register(sub)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -184,6 +191,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from medrl.rewards.answer import answer_section, extract_think, states_no_finding
     from medrl.rewards.format import format_ok
     from medrl.rewards.iou import image_geometry, predicted_boxes, truth_boxes
+    from medrl.rewards.region_iou import region_iou
 
     info = _json_arg(args.extra_info, "--extra-info")
     kwargs = _json_arg(args.kwargs, "--kwargs")
@@ -210,6 +218,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         c.print(f"[bold]true boxes[/]: {[tuple(round(v, 4) for v in b) for b in true]}")
         for p, t, v in match_boxes(pred, true):
             c.print(f"  match: predicted #{p} <-> true #{t}  IoU {v:.4f}")
+        c.print(f"  region IoU (union of predicted vs union of true boxes, iou_mode: region): "
+                f"{region_iou(pred, true):.4f}")
     c.print(f"[bold]route[/] {route.pattern!r}: " + " + ".join(f"{t.weight:g} x {t.name}" for t in route.terms))
     result = compose.compute_score(args.data_source, args.solution, args.ground_truth, info, spec=spec, **kwargs)
     used = {t.name for t in route.terms}

@@ -7,10 +7,13 @@ A spec is a small mapping (YAML file, JSON string, or dict)::
       medrl/report:    {bleu: 0.9, format: 0.1}
       "medrl/vqa*":    {vqa: 1.0}
       my/judged:       {judge: {weight: 1.0, category: report}}   # per-term reward kwargs
+      my/lesions:      [{name: iou, weight: 0.5}, {path: my_rewards/lesion.py, weight: 0.5}]  # a user's file
     kwargs:                      # reward name -> kwargs for every use of that reward
       iou: {box_convention: abs_resized}
 
 An exact route key wins; otherwise patterns are tried in the order written.
+A term with a `path` is a function in a user's file (`medrl.rewards.user_reward`),
+resolved against the spec file's folder and loaded when the spec is.
 The score is sum(weight * reward score); with non-negative weights that sum to 1
 (the default routes) it stays in [0, 1]. The returned keys are the same for every
 row of a spec: `score`, then for each reward used anywhere in the spec its score
@@ -37,6 +40,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from medrl.rewards import user_reward
+
 RewardFn = Callable[..., dict]
 
 
@@ -56,6 +61,11 @@ class Term:
     name: str
     weight: float
     kwargs: dict = field(default_factory=dict)
+    entry: RewardEntry | None = None  # a user's file: loaded with the spec, not registered by name
+
+    def reward(self) -> RewardEntry:
+        """The reward this term calls."""
+        return self.entry or get_reward(self.name)
 
 
 @dataclass(frozen=True)
@@ -126,13 +136,16 @@ def get_reward(name: str) -> RewardEntry:
     return _REGISTRY[name]
 
 
-def _parse_terms(pattern: str, value: Any) -> tuple[Term, ...]:
+def _parse_terms(pattern: str, value: Any, base: str | None = None) -> tuple[Term, ...]:
     where = f"route {pattern!r}"
     if isinstance(value, str):
         value = {value: 1.0}
     if isinstance(value, list):
         items = []
         for item in value:
+            if isinstance(item, dict) and "path" in item:  # a user's file; its `name` is the function
+                items.append((item.get("label"), item))
+                continue
             if not isinstance(item, dict) or "name" not in item:
                 raise ValueError(f"{where}: list items need a 'name' (and 'weight'), got {item!r}")
             rest = {k: v for k, v in item.items() if k not in ("name", "weight")}
@@ -143,21 +156,25 @@ def _parse_terms(pattern: str, value: Any) -> tuple[Term, ...]:
         raise ValueError(f"{where}: expected a mapping of reward name to weight, got {type(value).__name__}")
     terms = []
     for name, w in items:
+        entry = None
+        if isinstance(w, dict) and "path" in w:
+            name, w, entry = user_reward.load_term(w, name, base, where)
         kwargs: dict = {}
         if isinstance(w, dict):
             kwargs = {k: v for k, v in w.items() if k != "weight"}
             w = w.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise ValueError(f"{where}: weight of {name!r} must be a finite number >= 0, got {w!r}")
-        get_reward(str(name))  # fails early, naming the known rewards
-        terms.append(Term(str(name), float(w), kwargs))
+        if entry is None:
+            get_reward(str(name))  # fails early, naming the known rewards
+        terms.append(Term(str(name), float(w), kwargs, entry))
     if not terms:
         raise ValueError(f"{where}: no rewards")
     return tuple(terms)
 
 
-def parse_spec(raw: dict) -> Spec:
-    """Validate a spec mapping (with or without the `routes` level) into a Spec."""
+def parse_spec(raw: dict, base: str | None = None) -> Spec:
+    """Validate a spec mapping (with or without the `routes` level) into a Spec; user files resolve against `base`."""
     if not isinstance(raw, dict):
         raise ValueError(f"reward spec must be a mapping, got {type(raw).__name__}")
     routes_raw = raw["routes"] if "routes" in raw else {k: v for k, v in raw.items() if k != "kwargs"}
@@ -166,13 +183,14 @@ def parse_spec(raw: dict) -> Spec:
     kwargs = raw.get("kwargs") or {}
     if not isinstance(kwargs, dict) or not all(isinstance(v, dict) for v in kwargs.values()):
         raise ValueError("reward spec 'kwargs' must map reward names to mappings of keyword arguments")
-    routes = tuple(Route(str(p), _parse_terms(str(p), v)) for p, v in routes_raw.items())
+    routes = tuple(Route(str(p), _parse_terms(str(p), v, base)) for p, v in routes_raw.items())
+    user_reward.check_labels([t for r in routes for t in r.terms], kwargs)
     keys = ["score"]
     for route in routes:
         for term in route.terms:
             if term.name not in keys:
                 keys.append(term.name)
-                keys.extend(f"{term.name}/{k}" for k in get_reward(term.name).keys[1:])
+                keys.extend(f"{term.name}/{k}" for k in term.reward().keys[1:])
     return Spec(routes, {str(k): dict(v) for k, v in kwargs.items()}, tuple(keys))
 
 
@@ -180,7 +198,7 @@ _SPEC_CACHE: dict[Any, Spec] = {}
 
 
 def load_spec(spec: Any = None) -> Spec:
-    """A Spec from None (defaults), a Spec, a dict, a JSON string, a YAML path, or a reward name."""
+    """A Spec from None (defaults), a Spec, a dict, a JSON string, a YAML path, a reward name or `file.py[:function]`."""
     if spec is None or spec == "":
         spec = DEFAULT_SPEC
     if isinstance(spec, Spec):
@@ -195,6 +213,13 @@ def load_spec(spec: Any = None) -> Spec:
     if not isinstance(spec, (str, os.PathLike)):
         raise ValueError(f"reward spec must be a path, JSON/YAML text, dict or reward name, got {type(spec).__name__}")
     text = os.fspath(spec).strip()
+    if user_reward.is_reward_file(text):  # one user function for every row
+        path, function = user_reward.split_target(text)
+        path = user_reward.resolve(path)
+        key = ("py", path, function, user_reward.version(path))
+        if key not in _SPEC_CACHE:
+            _SPEC_CACHE[key] = parse_spec({"routes": {"*": [{"path": path, "name": function}]}})
+        return _SPEC_CACHE[key]
     if os.path.isfile(text):
         key = ("file", os.path.abspath(text), os.path.getmtime(text))
         if key not in _SPEC_CACHE:
@@ -204,7 +229,7 @@ def load_spec(spec: Any = None) -> Spec:
                 except yaml.YAMLError as exc:
                     raise ValueError(f"reward spec {text}: not valid YAML: {exc}") from exc
             try:
-                _SPEC_CACHE[key] = parse_spec(raw)
+                _SPEC_CACHE[key] = parse_spec(raw, os.path.dirname(os.path.abspath(text)))
             except ValueError as exc:
                 raise ValueError(f"reward spec {text}: {exc}") from exc
         return _SPEC_CACHE[key]
@@ -273,7 +298,7 @@ def _assemble(s: Spec, route: Route, parts: dict[str, dict]) -> dict:
         value = float(res.get("score", 0.0))
         total += term.weight * value
         out[term.name] = value
-        for k in get_reward(term.name).keys[1:]:
+        for k in term.reward().keys[1:]:
             out[f"{term.name}/{k}"] = float(res.get(k, 0.0))
     out["score"] = total
     return out
@@ -284,7 +309,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     """Weighted sum of the rewards routed to by `data_source` (see the module rule)."""
     s = load_spec(spec)
     route = route_for(data_source, s)
-    parts = {t.name: get_reward(t.name).fn(data_source, solution_str, ground_truth, extra_info,
+    parts = {t.name: t.reward().fn(data_source, solution_str, ground_truth, extra_info,
                                            **_term_kwargs(s, t, kwargs)) for t in route.terms}
     return _assemble(s, route, parts)
 
@@ -296,7 +321,7 @@ async def compute_score_async(data_source: str, solution_str: str, ground_truth:
     route = route_for(data_source, s)
     parts = {}
     for t in route.terms:
-        entry = get_reward(t.name)
+        entry = t.reward()
         kw = _term_kwargs(s, t, kwargs)
         if entry.async_fn is not None:
             parts[t.name] = await entry.async_fn(data_source, solution_str, ground_truth, extra_info, **kw)
@@ -320,7 +345,7 @@ def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str
             key = (t.name, json.dumps(t.kwargs, sort_keys=True, default=str))
             groups.setdefault(key, (t, []))[1].append(i)
     for (name, _), (term, rows) in groups.items():
-        entry = get_reward(name)
+        entry = term.reward()
         kw = _term_kwargs(s, term, kwargs)
         if entry.batch_fn is not None:
             results = entry.batch_fn([data_sources[i] for i in rows], [solution_strs[i] for i in rows],
