@@ -124,6 +124,7 @@ def test_broken_user_files_fail_at_spec_load_naming_file_and_problem(tmp_path, t
     # The reward tools say the same and exit non-zero instead of a traceback.
     with pytest.raises(SystemExit, match=message):
         main(["reward", "explain", "--reward", str(spec), "--solution", "x", "--ground-truth", "[]"])
+    assert main(["check", str(tmp_path / "train.parquet"), "--reward_spec", str(spec)]) == 2  # before any row
 
 
 def test_one_label_cannot_name_two_files(tmp_path):

@@ -22,50 +22,33 @@ from medrl.boxes import iou
 
 Boxes = Sequence[Sequence[float]]
 
-# Sweep events at one y: ends sort before starts, so touching strips add no overlap.
-_P_END, _T_END, _P_START, _T_START = 0, 1, 2, 3
-
-
-def _strip_lengths(events: list[tuple[float, int]]) -> tuple[float, float]:
-    """(length covered by both sides, length covered by either side) of one strip's sorted y events."""
-    both = either = 0.0
-    in_p = in_t = 0
-    last = events[0][0]
-    for y, kind in events:
-        if in_p or in_t:
-            d = y - last
-            either += d
-            if in_p and in_t:
-                both += d
-        last = y
-        if kind == _P_START:
-            in_p += 1
-        elif kind == _P_END:
-            in_p -= 1
-        elif kind == _T_START:
-            in_t += 1
-        else:
-            in_t -= 1
-    return both, either
-
-
 def region_areas(pred: Boxes, true: Boxes) -> tuple[float, float]:
     """(area of P ∩ T, area of P ∪ T) for the unions P and T of two lists of (x1, y1, x2, y2) boxes."""
-    boxes = [(b[0], b[1], b[2], b[3], _P_START, _P_END) for b in pred if b[2] > b[0] and b[3] > b[1]]
-    boxes += [(b[0], b[1], b[2], b[3], _T_START, _T_END) for b in true if b[2] > b[0] and b[3] > b[1]]
-    xs = sorted({b[0] for b in boxes} | {b[2] for b in boxes})
+    # Each box: its x extent and its two y events (y, change of predicted cover, change of true cover).
+    boxes = [(b[0], b[2], ((b[1], 1, 0), (b[3], -1, 0))) for b in pred if b[2] > b[0] and b[3] > b[1]]
+    boxes += [(b[0], b[2], ((b[1], 0, 1), (b[3], 0, -1))) for b in true if b[2] > b[0] and b[3] > b[1]]
+    xs = sorted({b[0] for b in boxes} | {b[1] for b in boxes})
     inter = union = 0.0
-    for x0, x1 in zip(xs, xs[1:]):
+    for x0, x1 in zip(xs, xs[1:]):  # a strip between two neighbouring box edges
         events = []
-        for bx0, by0, bx1, by1, start, end in boxes:
+        for bx0, bx1, ev in boxes:
             if bx0 <= x0 and bx1 >= x1:
-                events.append((by0, start))
-                events.append((by1, end))
-        if events:
-            events.sort()
-            both, either = _strip_lengths(events)
-            inter += (x1 - x0) * both
-            union += (x1 - x0) * either
+                events += ev
+        if not events:
+            continue
+        events.sort()  # events at the same y add no length, so their order does not matter
+        both = either = last = 0.0
+        in_p = in_t = 0
+        for y, dp, dt in events:
+            if in_p or in_t:
+                either += y - last
+                if in_p and in_t:
+                    both += y - last
+            last = y
+            in_p += dp
+            in_t += dt
+        inter += (x1 - x0) * both
+        union += (x1 - x0) * either
     return inter, union
 
 
