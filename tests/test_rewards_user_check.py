@@ -61,8 +61,8 @@ def test_judge_keeps_the_contract_against_an_endpoint():
 
 @pytest.mark.parametrize("body, header, kind, first_input, detail", [
     ("return {'score': 1.0 / len(solution_str)}\n", "", "raises", "output 'empty answer'", "ZeroDivisionError"),
-    ("while '<think>' in solution_str and '</think>' not in solution_str:\n    pass\nreturn 0.0\n", "",
-     "hangs", "output 'unclosed think'", "still running after 0.2 s"),
+    ("end = time.time() + 5\nwhile '<think>' in solution_str and '</think>' not in solution_str and time.time() < end:"
+     "\n    pass\nreturn 0.0\n", "import time\n", "hangs", "output 'unclosed think'", "still running after 0.2 s"),
     ("return float('nan') if '<answer>' not in solution_str else 1.0\n", "", "not finite", "output 'empty answer'",
      "score = nan"),
     ("return {'score': float(solution_str.count('['))}\n", "", "out of range", "output 'well-formed answer'",
@@ -117,3 +117,20 @@ def test_data_rows_are_used_with_their_ground_truths(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"x {data} row 2 [data_source my/lesions]" in out and "AssertionError: two boxes" in out
     assert "calls on my/lesions" in out
+
+
+def test_each_reward_of_a_spec_gets_only_its_routes_rows(tmp_path):
+    # The user's grounding reward parses JSON boxes; report rows (free text) must not reach it.
+    reward_file(tmp_path, "import json\nreturn float(len(json.loads(ground_truth)) > 0)\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("routes:\n  medrl/grounding: [{name: iou, weight: 0.5}, {path: candidate.py, weight: 0.5}]\n"
+                    "  medrl/report: {bleu: 1.0}\n")
+    rows = [{"data_source": "medrl/grounding", "ground_truth": "[[0.1, 0.1, 0.2, 0.2]]", "extra_info": {}},
+            {"data_source": "medrl/report", "ground_truth": "Small effusion.", "extra_info": {}}]
+    report = run_check(str(spec), rows=rows, repeats=1)
+    assert report.ok, report.summary()
+    sources = {u.unit.label: u.unit.data_sources for u in report.units}
+    assert sources == {"iou": ("medrl/grounding",), "candidate": ("medrl/grounding",), "bleu": ("medrl/report",),
+                       "composed spec": ("medrl/grounding", "medrl/report")}
+    with pytest.raises(ValueError, match=r"no reward route for data_source \['medrl/vqa'\]"):
+        run_check(str(spec), rows=rows + [{"data_source": "medrl/vqa", "ground_truth": "yes"}])

@@ -17,10 +17,19 @@ from medrl.rewards.user_reward import RewardFileError, load_reward_file
 
 # Counts the boxes in the reply; `per_box` is a per-term keyword argument from the spec.
 LESION = '''
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 from medrl.boxes import parse_boxes
 from helpers import clip  # a module next to this file
 
 KEYS = ("score", "n_boxes")
+
+
+@dataclass
+class Count:  # dataclasses look their module up by name: the loader must register it
+    n: int
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, per_box=0.25, **kwargs):
@@ -98,6 +107,8 @@ KEYS_LESION = ("score", "n_boxes")
      r"r.py: no function 'score_it'; functions defined there: \['compute_score'\]"),
     ("{path: r.py}", "def compute_score(text, truth):\n    return 0.0\n",
      r"r.py:compute_score: signature compute_score\(text, truth\) cannot be called the way verl calls a reward"),
+    ("{path: r.py}", "def compute_score(data_source, solution_str, ground_truth, extra_info, image):\n    return 0\n",
+     r"cannot be called the way verl calls a reward, .*: missing a required argument: 'image'"),
     ("{path: r.py}", "import numpy\nraise RuntimeError('no GPU here')\n",
      r"r.py: importing it failed: RuntimeError: no GPU here"),
     ("{path: r.py}", "def compute_score(data_source, solution_str,\n", r"r.py: importing it failed: SyntaxError"),
