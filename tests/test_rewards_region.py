@@ -68,6 +68,8 @@ def test_overlaps_counts_true_boxes_touched_by_area():
     true = [(0, 0, 1, 1), (2, 0, 3, 1), (4, 0, 5, 1)]
     assert region_overlaps([(0.5, 0, 2.5, 1)], true) == 2
     assert region_overlaps([(1, 0, 2, 1)], true) == 0  # touching edges only
+    assert region_overlaps([(0, 0, 5, 1)], [(1, 0, 1, 1), (2, 0.5, 3, 0.5)]) == 0  # lines have no area
+    assert region_overlaps([(0.5, 0, 0.5, 1)], true) == 0
 
 
 BOX = st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(1, 8), st.integers(1, 8)).map(

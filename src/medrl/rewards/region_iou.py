@@ -66,5 +66,13 @@ def region_iou(pred: Boxes, true: Boxes) -> float:
 
 def region_overlaps(pred: Boxes, true: Boxes) -> int:
     """How many true boxes share area with at least one predicted box."""
-    return sum(1 for t in true if any(min(p[2], t[2]) > max(p[0], t[0]) and min(p[3], t[3]) > max(p[1], t[1])
-                                      for p in pred))
+    pred = [p for p in pred if p[2] > p[0] and p[3] > p[1]]
+    n = 0
+    for t in true:
+        if t[2] <= t[0] or t[3] <= t[1]:
+            continue
+        for p in pred:
+            if p[0] < t[2] and t[0] < p[2] and p[1] < t[3] and t[1] < p[3]:
+                n += 1
+                break
+    return n
