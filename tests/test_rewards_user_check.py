@@ -134,3 +134,10 @@ def test_each_reward_of_a_spec_gets_only_its_routes_rows(tmp_path):
                        "composed spec": ("medrl/grounding", "medrl/report")}
     with pytest.raises(ValueError, match=r"no reward route for data_source \['medrl/vqa'\]"):
         run_check(str(spec), rows=rows + [{"data_source": "medrl/vqa", "ground_truth": "yes"}])
+
+
+def test_the_first_call_pays_for_imports_untimed(tmp_path):
+    path = reward_file(tmp_path, "global LOADED\nif not LOADED:\n    time.sleep(0.3)  # e.g. loading a lexicon\n"
+                                 "    LOADED = True\nreturn 0.0\n", "import time\nLOADED = False\n")
+    report = run_check(path, max_ms=1.0, repeats=1)
+    assert report.ok and max(report.units[0].times_ms) < 300, report.summary()
