@@ -141,3 +141,13 @@ def test_the_first_call_pays_for_imports_untimed(tmp_path):
                                  "    LOADED = True\nreturn 0.0\n", "import time\nLOADED = False\n")
     report = run_check(path, max_ms=1.0, repeats=1)
     assert report.ok and max(report.units[0].times_ms) < 300, report.summary()
+
+
+def test_a_composed_spec_may_leave_zero_one_as_its_terms_declare(tmp_path):
+    # A count-like reward in [0, 2] at weight 0.5 beside IoU at 0.5: the composed score lies in [0, 1.5].
+    reward_file(tmp_path, "return 2.0\n", "SCORE_RANGE = (0.0, 2.0)\n")
+    spec = {"routes": {"medrl/grounding": [{"name": "iou", "weight": 0.5},
+                                           {"path": str(tmp_path / "candidate.py"), "weight": 0.5}]}}
+    report = run_check(spec, repeats=1)
+    assert report.ok, report.summary()
+    assert "score range [0, 1.5]" in report.summary()

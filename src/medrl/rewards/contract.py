@@ -252,13 +252,18 @@ def units_of(target: Any, data_sources: Sequence[str] | None = None) -> list[Uni
             sources = _sources_of(name)
         else:
             sources = tuple(s for s in map(_concrete, patterns) if s)
-        rng = user.score_range if user else user_reward.DEFAULT_RANGE
         keys = user.keys if user else entry.keys
         units.append(Unit(name, where, _raw_call(fn, {**spec.kwargs.get(name, {}), **term.kwargs}),
-                          lambda p, rng=rng: rng, keys, sources))
+                          lambda p, rng=_score_range(entry): rng, keys, sources))
     if len(per_reward) > 1 or any(len(r.terms) > 1 for r in spec.routes):
         units.append(_composed_unit(spec, data_sources))
     return units
+
+
+def _score_range(entry: compose.RewardEntry) -> tuple[float, float]:
+    """The range a reward declares: a user file's SCORE_RANGE, [0, 1] for the built-in rewards."""
+    user = user_reward.user_reward_of(entry)
+    return user.score_range if user else user_reward.DEFAULT_RANGE
 
 
 def _route_terms(data_source: str, spec: compose.Spec) -> tuple[compose.Term, ...]:
@@ -270,13 +275,8 @@ def _composed_unit(spec: compose.Spec, data_sources: Sequence[str] | None) -> Un
     """The spec as verl calls it through custom_reward/medrl_reward.py; its range is each route's weighted sum."""
     def ranges(p: Probe) -> tuple[float, float]:
         route = compose.route_for(p.data_source, spec)
-        los, his = [], []
-        for t in route.terms:
-            user = user_reward.user_reward_of(t.reward())
-            lo, hi = user.score_range if user else user_reward.DEFAULT_RANGE
-            los.append(t.weight * lo)
-            his.append(t.weight * hi)
-        return sum(los), sum(his)
+        bounds = [(t.weight * lo, t.weight * hi) for t in route.terms for lo, hi in [_score_range(t.reward())]]
+        return sum(b[0] for b in bounds), sum(b[1] for b in bounds)
 
     sources = tuple(data_sources) if data_sources else tuple(s for s in (_concrete(r.pattern) for r in spec.routes)
                                                                if s)
