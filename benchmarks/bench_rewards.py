@@ -7,7 +7,10 @@ References, run in the same process on the same rollouts:
   (optional: `pip install pycocotools`; skipped when missing). Being slow, it runs on `--ref-n` rollouts.
 - BLEU: plain nltk `sentence_bleu(..., SmoothingFunction().method1)` per sample, on all rollouts;
   the largest difference from medrl's BLEU is printed too.
-Targets (issue 3): IoU >= 50,000 rollouts/s; BLEU and enhanced >= 5,000 rollouts/s, judged on
+- Region IoU (`iou_mode: region`, rollouts with 1-5 boxes a side): shapely's polygon union of the
+  same parsed boxes (optional: `pip install shapely`); the largest difference is printed too.
+Targets (issue 3): IoU >= 50,000 rollouts/s; BLEU and enhanced >= 5,000 rollouts/s; (issue 14) region
+IoU >= 20,000 rollouts/s for up to 5 boxes a side; judged on
 rollouts per CPU-second of this process (what one dedicated core does); wall-clock rates are
 printed beside them and fall when other processes share the core.
 """
@@ -25,7 +28,7 @@ import time
 
 from tqdm import tqdm
 
-TARGETS = {"iou": 50_000, "bleu": 5_000, "enhanced": 5_000}
+TARGETS = {"iou": 50_000, "bleu": 5_000, "enhanced": 5_000, "region": 20_000}
 SENTENCES = [
     "The heart size is normal.", "There is mild cardiomegaly.", "Small left pleural effusion.",
     "No pneumothorax is seen.", "Right lower lobe consolidation, concerning for pneumonia.",
@@ -67,6 +70,47 @@ def grounding_rollouts(n: int, group: int = 8, seed: int = 0) -> list[tuple[str,
             rows.append(("medrl/grounding", f"<think>{think}</think><answer>{answer}</answer>", gt,
                          {"width": 1024, "height": 1024}))
     return rows[:n]
+
+
+def region_rollouts(n: int, group: int = 8, seed: int = 2) -> list[tuple[str, str, str, dict]]:
+    """GRPO-like multi-lesion rollouts: 1-5 true boxes, answers of 1-5 boxes (jittered, merged, split, extra)."""
+    rnd = random.Random(seed)
+    rows = []
+    for _ in range(max(1, n // group)):
+        true = []
+        for _ in range(rnd.randint(1, 5)):
+            x, y = rnd.uniform(0.05, 0.7), rnd.uniform(0.05, 0.7)
+            true.append([round(x, 2), round(y, 2), round(x + rnd.uniform(0.05, 0.25), 2),
+                         round(y + rnd.uniform(0.05, 0.25), 2)])
+        for _ in range(group):
+            boxes = [_jitter(rnd, b, 0.05) for b in true]
+            if len(boxes) > 1 and rnd.random() < 0.3:  # one box over two lesions
+                a, b = boxes.pop(), boxes.pop()
+                boxes.append([min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])])
+            if rnd.random() < 0.3:  # one lesion split in two
+                x1, y1, x2, y2 = boxes.pop(0)
+                mid = round((x1 + x2) / 2, 2)
+                boxes += [[x1, y1, mid, y2], [mid, y1, x2, y2]]
+            while len(boxes) < 5 and rnd.random() < 0.3:
+                boxes.append(_jitter(rnd, [0.4, 0.4, 0.6, 0.6], 0.2))
+            rnd.shuffle(boxes)
+            answer = "Opacities located at " + " and ".join("[" + ", ".join(f"{v:.2f}" for v in b) + "]"
+                                                             for b in boxes[:5])
+            rows.append(("medrl/grounding", f"<think>Both lungs.</think><answer>{answer}</answer>", json.dumps(true),
+                         {"width": 1024, "height": 1024}))
+    return rows[:n]
+
+
+def shapely_region_iou(pred: list, true: list) -> float:
+    """IoU of the polygon unions of two box lists with shapely (the reference for region IoU)."""
+    import shapely
+
+    if not pred or not true:
+        return 0.0
+    p = shapely.union_all([shapely.box(*b) for b in pred])
+    t = shapely.union_all([shapely.box(*b) for b in true])
+    union = p.union(t).area
+    return p.intersection(t).area / union if union > 0 else 0.0
 
 
 def report_rollouts(n: int, group: int = 8, seed: int = 1) -> list[tuple[str, str, str, dict]]:
@@ -139,7 +183,7 @@ def main() -> None:
     from medrl.rewards.answer import extract_answer
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),)
-    ground, report = grounding_rollouts(args.n), report_rollouts(args.n)
+    ground, report, multi = grounding_rollouts(args.n), report_rollouts(args.n), region_rollouts(args.n)
     results = []
 
     def add(name, rows, fn, ref_name=None, ref_fn=None, ref_rows=None):
@@ -174,6 +218,22 @@ def main() -> None:
 
     add("bleu", report, bleu.compute_score, "nltk sentence_bleu", nltk_ref)
     add("enhanced", ground, enhanced.compute_score)
+
+    def region(ds, sol, gt, info):
+        return iou.compute_score(ds, sol, gt, info, iou_mode="region")
+
+    region_diff = None
+    try:
+        import shapely  # noqa: F401
+
+        def shapely_ref(ds, sol, gt, info):
+            return shapely_region_iou(parse_boxes(extract_answer(sol)), json.loads(gt))
+
+        add("region", multi, region, "shapely polygon union", shapely_ref, multi[:args.ref_n])
+        region_diff = max(abs(region(*r)["iou"] - shapely_ref(*r)) for r in multi[:args.ref_n])
+    except ImportError:
+        print("shapely not installed: region IoU runs without its reference (pip install shapely)")
+        add("region", multi, region)
     add("format", ground, fmt.compute_score)
 
     diff = max(abs(bleu.compute_score(*r)["score"] - (1.0 if bleu.normalize_text(extract_answer(r[1]))
@@ -190,6 +250,9 @@ def main() -> None:
         print(f"{name:<10}{n:>9}{sec:>8.3f}{wall_rate:>10,.0f}{rate:>10,.0f}{(target or 0):>9,}{meets:>7}"
               f"  {ref_name or '-':<22}{ref_txt}")
     print(f"largest |medrl BLEU - nltk BLEU| over the report rollouts: {diff:.2e}")
+    if region_diff is not None:
+        print(f"largest |medrl region IoU - shapely| over {min(args.ref_n, len(multi))} region rollouts: "
+              f"{region_diff:.2e}")
 
 
 if __name__ == "__main__":

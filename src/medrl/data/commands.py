@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from medrl.data.prepare_args import add_convert_arguments, options_from_args, print_summary
 from medrl.data.records import TASKS
@@ -38,6 +39,14 @@ def run_check(args: argparse.Namespace) -> int:
     """Preflight a verl parquet; non-zero exit on any problem."""
     from medrl.data.check import check_file, print_report
 
+    if args.reward_spec:
+        from medrl.rewards.compose import load_spec
+
+        try:  # a broken spec or reward file is one line naming it, before any row is read
+            load_spec(args.reward_spec)
+        except ValueError as exc:
+            print(f"medrl check: --reward_spec: {exc}", file=sys.stderr)
+            return 2
     report = check_file(args.data, processor=args.processor, max_prompt_length=args.max_prompt_length,
                         image_key=args.image_key, prompt_key=args.prompt_key, show=args.show,
                         reward_spec=args.reward_spec, progress=not args.no_progress)

@@ -16,7 +16,7 @@ def _register_eval(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="generate answers on a verl parquet, score them with the training reward, write a report",
         description="Evaluate a HuggingFace model folder (or compare several) on verl RL rows. Scores come from "
-                    "the same reward spec as training; reports add grounding IoU / acc@0.5 / mAP@0.5 and report "
+                    "the same reward spec as training; reports add grounding IoU (matched and region) / acc@0.5 / mAP@0.5 and report "
                     "BLEU-1..4 / ROUGE-L, per data source and per category, with figures.")
     p.add_argument("model", nargs="?", help="HF model folder (e.g. the output of `medrl merge`)")
     p.add_argument("--compare", nargs="+", metavar="MODEL", help="evaluate several models side by side (A B ...)")
@@ -60,7 +60,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 1
     for m in report["models"]:
         o = report["results"][m["name"]]["overall"]
-        extra = "".join(f", {k} {o[k]['mean']:.3f}" for k in ("iou", "acc@0.5", "bleu4", "rouge_l")
+        extra = "".join(f", {k} {o[k]['mean']:.3f}" for k in ("iou", "region_iou", "acc@0.5", "bleu4", "rouge_l")
                         if k in o and o[k]["mean"] is not None)
         if o.get("mAP@0.5") is not None:
             extra += f", mAP@0.5 {o['mAP@0.5']:.3f}"

@@ -1,5 +1,9 @@
 """Task metrics for evaluation reports: grounding IoU / accuracy / mAP@0.5, report BLEU-1..4 / ROUGE-L.
 
+Grounding IoU is reported both ways: `iou` matches boxes one to one, `region_iou`
+compares the union of predicted boxes with the union of true boxes
+(`medrl.rewards.region_iou`).
+
 mAP@0.5 follows RadVLM's evaluation: per sample, VOC-style average precision at
 IoU 0.5 (predictions in the order the model wrote them, each matched greedily to
 the best still-unmatched true box; all-point interpolated area under the
@@ -65,14 +69,16 @@ def mean_matched_iou(pred: Boxes, true: Boxes) -> float:
 
 
 def grounding_metrics(pred: list[Box], true: list[Box], no_finding: bool, credit_no_finding: bool = False) -> dict:
-    """Per-sample grounding figures: iou (None when the truth has no box), acc@0.5, ap@0.5."""
+    """Per-sample grounding figures: iou and region_iou (None when the truth has no box), acc@0.5, ap@0.5."""
+    from medrl.rewards.region_iou import region_iou
+
     if true:
-        value = mean_matched_iou(pred, true)
+        value, region = mean_matched_iou(pred, true), region_iou(pred, true)
         acc = 1.0 if value >= 0.5 else 0.0
     else:
-        value = None  # IoU of a no-finding sample is undefined; it counts in acc and mAP only
+        value = region = None  # IoU of a no-finding sample is undefined; it counts in acc and mAP only
         acc = 1.0 if (not pred and no_finding) else 0.0
-    return {"iou": value, "acc@0.5": acc,
+    return {"iou": value, "region_iou": region, "acc@0.5": acc,
             "ap@0.5": sample_ap(pred, true, no_finding, credit_no_finding)}
 
 

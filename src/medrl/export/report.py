@@ -7,7 +7,7 @@ from typing import Any
 
 from medrl.atomic import atomic_open, write_json
 
-HEADLINE = ("score", "iou", "acc@0.5", "mAP@0.5", "bleu1", "bleu4", "rouge_l", "acc")
+HEADLINE = ("score", "iou", "region_iou", "acc@0.5", "mAP@0.5", "bleu1", "bleu4", "rouge_l", "acc")
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -46,7 +46,7 @@ def _example_lines(ex: dict) -> list[str]:
         fmt = lambda bs: "[" + ", ".join("[" + ", ".join(f"{v:.2f}" for v in b) + "]" for b in bs) + "]"  # noqa: E731
         m = ex.get("metrics", {})
         lines.append(f"  - boxes: model {fmt(ex['pred_boxes'])} vs truth {fmt(ex['true_boxes'])}; "
-                     f"IoU {_f(m.get('iou'))}, AP@0.5 {_f(m.get('ap@0.5'))}"
+                     f"IoU {_f(m.get('iou'))}, region IoU {_f(m.get('region_iou'))}, AP@0.5 {_f(m.get('ap@0.5'))}"
                      + (", states no finding" if ex.get("no_finding") else ""))
     return lines
 
@@ -78,7 +78,8 @@ def render_markdown(report: dict) -> str:
                     f"{_f(p['difference']['mean'])} ± {_f(p['difference']['std'])}; {names[1]} better on "
                     f"{p['b_better']} rows, {names[0]} better on {p['a_better']}, ties {p['ties']}."]
     out += ["", "mAP@0.5: per-sample VOC AP at IoU 0.5 averaged over grounding rows (RadVLM). "
-                "iou: one-to-one matched IoU over max(#model, #truth) boxes, rows with true boxes only. "
+                "iou: one-to-one matched IoU over max(#model, #truth) boxes, rows with true boxes only; "
+                "region_iou: IoU of the union of the model's boxes with the union of the true boxes, same rows. "
                 "acc@0.5: iou >= 0.5, or a correct no-finding answer. Statistics: population std."]
     for n in names:
         res = report["results"][n]

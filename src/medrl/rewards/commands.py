@@ -1,4 +1,8 @@
-"""`medrl reward score` (statistics of a reward over a file) and `medrl reward explain` (one answer, by hand)."""
+"""`medrl reward score` (statistics of a reward over a file) and `medrl reward explain` (one answer, by hand).
+
+`--reward` takes a reward name, a spec, or a user's `file.py[:function]`; `new` and
+`check` live in `medrl.rewards.user_commands`.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,19 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
 
-SOLUTION_KEYS = ("solution", "solution_str", "response")
 
+from medrl.rewards import user_commands
+from medrl.rewards.rollout_files import read_rows, row_fields
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `medrl reward score|explain`."""
+    """Add `medrl reward score|explain|new|check`."""
     p = subparsers.add_parser("reward", help="score files with a reward, or explain one score")
     sub = p.add_subparsers(dest="reward_command", metavar="ACTION")
 
     s = sub.add_parser("score", help="score a JSONL/parquet of rollouts; stats per data source and a histogram")
-    s.add_argument("--reward", default=None, help="reward name (iou, bleu, ...) or spec (YAML path / JSON); "
-                                                  "default: medrl's default routes")
+    s.add_argument("--reward", default=None, help="reward name (iou, bleu, ...), spec (YAML path / JSON) or "
+                                                  "your FILE.py[:function]; default: medrl's default routes")
     s.add_argument("--input", required=True, help="JSONL or parquet with solution, ground_truth[, data_source, "
                                                   "extra_info] (or verl's reward_model.ground_truth)")
     s.add_argument("--data-source", default=None, help="data_source for rows without one")
@@ -28,13 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_score)
 
     e = sub.add_parser("explain", help="show the parsed answer, boxes, matching and every part of one score")
-    e.add_argument("--reward", default="iou", help="reward name or spec (default: iou)")
+    e.add_argument("--reward", default="iou", help="reward name, spec or FILE.py[:function] (default: iou)")
     e.add_argument("--solution", required=True, help="the model's reply")
     e.add_argument("--ground-truth", required=True, help="the reference (boxes as JSON, or text)")
     e.add_argument("--data-source", default="medrl/grounding")
     e.add_argument("--extra-info", default="{}", help="extra_info as JSON, e.g. '{\"width\": 1024, \"height\": 768}'")
     e.add_argument("--kwargs", default="{}", help="reward kwargs as JSON")
     e.set_defaults(func=cmd_explain)
+    user_commands.register(sub)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -46,48 +51,6 @@ def _json_arg(text: str, what: str) -> dict:
     if not isinstance(value, dict):
         raise SystemExit(f"medrl reward: {what} must be a JSON object, got {text!r}")
     return value
-
-
-def read_rows(path: str) -> Iterator[tuple[str, dict]]:
-    """(where, record) for each row of a JSONL or parquet file."""
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"medrl reward score: input {path} does not exist")
-    if p.suffix == ".parquet":
-        import pandas as pd
-
-        for i, rec in enumerate(pd.read_parquet(p).to_dict("records")):
-            yield f"{path} row {i}", rec
-        return
-    with open(p, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"medrl reward score: {path} line {n}: not valid JSON ({exc.msg})")
-            if not isinstance(rec, dict):
-                raise SystemExit(f"medrl reward score: {path} line {n}: expected a JSON object")
-            yield f"{path} line {n}", rec
-
-
-def row_fields(where: str, rec: dict, default_source: str | None) -> tuple[str, str, Any, dict]:
-    """(data_source, solution, ground_truth, extra_info) of a row; SystemExit naming the row when one is missing."""
-    sol = next((rec[k] for k in SOLUTION_KEYS if k in rec), None)
-    if not isinstance(sol, str):
-        raise SystemExit(f"medrl reward score: {where}: no solution text (one of {SOLUTION_KEYS})")
-    if "ground_truth" in rec:
-        gt = rec["ground_truth"]
-    elif isinstance(rec.get("reward_model"), dict) and "ground_truth" in rec["reward_model"]:
-        gt = rec["reward_model"]["ground_truth"]
-    else:
-        raise SystemExit(f"medrl reward score: {where}: no ground_truth (or reward_model.ground_truth)")
-    ds = rec.get("data_source") or default_source
-    if not ds:
-        raise SystemExit(f"medrl reward score: {where}: no data_source; pass --data-source")
-    info = rec.get("extra_info")
-    return str(ds), sol, gt, dict(info) if isinstance(info, dict) else {}
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -185,6 +148,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from medrl.rewards import compose, iou
     from medrl.rewards.answer import answer_section, extract_think
     from medrl.rewards.format import format_ok
+    from medrl.rewards.region_iou import region_iou
 
     info = _json_arg(args.extra_info, "--extra-info")
     kwargs = _json_arg(args.kwargs, "--kwargs")
@@ -210,6 +174,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 + (f" (ground truth does not read: {parse.truth_error})" if parse.truth_error else ""))
         for p, t, v in parse.pairs:
             c.print(f"  match: predicted #{p} <-> true #{t}  IoU {v:.4f}")
+        c.print(f"  region IoU (union of predicted vs union of true boxes, iou_mode: region): "
+                f"{region_iou(parse.pred, parse.true):.4f}")
     c.print(f"[bold]route[/] {route.pattern!r}: " + " + ".join(f"{t.weight:g} x {t.name}" for t in route.terms))
     result = compose.compute_score(args.data_source, args.solution, args.ground_truth, info, spec=spec, **kwargs)
     used = {t.name for t in route.terms}

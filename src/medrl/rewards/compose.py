@@ -7,10 +7,13 @@ A spec is a small mapping (YAML file, JSON string, or dict)::
       medrl/report:    {bleu: 0.9, format: 0.1}
       "medrl/vqa*":    {vqa: 1.0}
       my/judged:       {judge: {weight: 1.0, category: report}}   # per-term reward kwargs
+      my/lesions:      [{name: iou, weight: 0.5}, {path: my_rewards/lesion.py, weight: 0.5}]  # a user's file
     kwargs:                      # reward name -> kwargs for every use of that reward
       iou: {box_convention: abs_resized}
 
 An exact route key wins; otherwise patterns are tried in the order written.
+A term with a `path` is a function in a user's file (`medrl.rewards.user_reward`),
+resolved against the spec file's folder and loaded when the spec is.
 The score is sum(weight * reward score); with non-negative weights that sum to 1
 (the default routes) it stays in [0, 1]. The returned keys are the same for every
 row of a spec, because verl needs identical keys across a batch: `score`, then for
@@ -32,36 +35,35 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import importlib
 import inspect
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import yaml
 
-RewardFn = Callable[..., dict]
-
-
-@dataclass(frozen=True)
-class RewardEntry:
-    """A named reward: its per-sample function, its keys, and optional batch/async variants."""
-
-    name: str
-    fn: RewardFn
-    keys: tuple[str, ...]
-    batch_fn: Callable[..., list] | None = None
-    async_fn: Callable[..., Any] | None = None
-    details_fn: Callable[..., tuple] | None = None  # (result, what was read), for evaluation reports
-
+from medrl.rewards import user_reward
+from medrl.rewards.registry import (  # noqa: F401  (re-exported: the API users import from here)
+    BUILTIN_REWARDS,
+    RewardEntry,
+    RewardFn,
+    get_reward,
+    register_reward,
+    reward_names,
+)
 
 @dataclass(frozen=True)
 class Term:
     name: str
     weight: float
     kwargs: dict = field(default_factory=dict)
+    entry: RewardEntry | None = None  # a user's file: loaded with the spec, not registered by name
+
+    def reward(self) -> RewardEntry:
+        """The reward this term calls."""
+        return self.entry or get_reward(self.name)
 
 
 @dataclass(frozen=True)
@@ -83,17 +85,6 @@ class UnknownDataSourceError(ValueError):
     """A row's data_source has no route in the reward spec."""
 
 
-BUILTIN_REWARDS = {
-    "iou": "medrl.rewards.iou",
-    "bleu": "medrl.rewards.bleu",
-    "format": "medrl.rewards.format",
-    "vqa": "medrl.rewards.vqa",
-    "enhanced": "medrl.rewards.enhanced",
-    "judge": "medrl.rewards.judge",
-    "change": "medrl.rewards.change",
-}
-_REGISTRY: dict[str, RewardEntry] = {}
-
 DEFAULT_SPEC: dict = {
     "routes": {
         "medrl/grounding": {"iou": 0.9, "format": 0.1},
@@ -107,38 +98,16 @@ DEFAULT_SPEC: dict = {
 }
 
 
-def register_reward(name: str, fn: RewardFn, keys: Sequence[str], batch_fn: Callable | None = None,
-                    async_fn: Callable | None = None, details_fn: Callable | None = None) -> None:
-    """Register a reward under `name` so that specs can use it (keys must start with "score")."""
-    keys = tuple(keys)
-    if not keys or keys[0] != "score":
-        raise ValueError(f"reward {name!r}: keys must start with 'score', got {keys}")
-    _REGISTRY[name] = RewardEntry(name, fn, keys, batch_fn, async_fn, details_fn)
-
-
-def reward_names() -> list[str]:
-    """Names usable in a spec: the built-in rewards and the registered ones."""
-    return sorted(set(BUILTIN_REWARDS) | set(_REGISTRY))
-
-
-def get_reward(name: str) -> RewardEntry:
-    """The registered reward `name` (built-ins are imported on first use)."""
-    if name not in _REGISTRY:
-        if name not in BUILTIN_REWARDS:
-            raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(reward_names())}")
-        mod = importlib.import_module(BUILTIN_REWARDS[name])
-        register_reward(name, mod.compute_score, mod.KEYS, getattr(mod, "compute_score_batch", None),
-                        getattr(mod, "compute_score_async", None), getattr(mod, "score_details", None))
-    return _REGISTRY[name]
-
-
-def _parse_terms(pattern: str, value: Any) -> tuple[Term, ...]:
+def _parse_terms(pattern: str, value: Any, base: str | None = None) -> tuple[Term, ...]:
     where = f"route {pattern!r}"
     if isinstance(value, str):
         value = {value: 1.0}
     if isinstance(value, list):
         items = []
         for item in value:
+            if isinstance(item, dict) and "path" in item:  # a user's file; its `name` is the function
+                items.append((item.get("label"), item))
+                continue
             if not isinstance(item, dict) or "name" not in item:
                 raise ValueError(f"{where}: list items need a 'name' (and 'weight'), got {item!r}")
             rest = {k: v for k, v in item.items() if k not in ("name", "weight")}
@@ -149,21 +118,25 @@ def _parse_terms(pattern: str, value: Any) -> tuple[Term, ...]:
         raise ValueError(f"{where}: expected a mapping of reward name to weight, got {type(value).__name__}")
     terms = []
     for name, w in items:
+        entry = None
+        if isinstance(w, dict) and "path" in w:
+            name, w, entry = user_reward.load_term(w, name, base, where)
         kwargs: dict = {}
         if isinstance(w, dict):
             kwargs = {k: v for k, v in w.items() if k != "weight"}
             w = w.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise ValueError(f"{where}: weight of {name!r} must be a finite number >= 0, got {w!r}")
-        get_reward(str(name))  # fails early, naming the known rewards
-        terms.append(Term(str(name), float(w), kwargs))
+        if entry is None:
+            get_reward(str(name))  # fails early, naming the known rewards
+        terms.append(Term(str(name), float(w), kwargs, entry))
     if not terms:
         raise ValueError(f"{where}: no rewards")
     return tuple(terms)
 
 
-def parse_spec(raw: dict) -> Spec:
-    """Validate a spec mapping (with or without the `routes` level) into a Spec."""
+def parse_spec(raw: dict, base: str | None = None) -> Spec:
+    """Validate a spec mapping (with or without the `routes` level) into a Spec; user files resolve against `base`."""
     if not isinstance(raw, dict):
         raise ValueError(f"reward spec must be a mapping, got {type(raw).__name__}")
     routes_raw = raw["routes"] if "routes" in raw else {k: v for k, v in raw.items() if k != "kwargs"}
@@ -172,13 +145,14 @@ def parse_spec(raw: dict) -> Spec:
     kwargs = raw.get("kwargs") or {}
     if not isinstance(kwargs, dict) or not all(isinstance(v, dict) for v in kwargs.values()):
         raise ValueError("reward spec 'kwargs' must map reward names to mappings of keyword arguments")
-    routes = tuple(Route(str(p), _parse_terms(str(p), v)) for p, v in routes_raw.items())
+    routes = tuple(Route(str(p), _parse_terms(str(p), v, base)) for p, v in routes_raw.items())
+    user_reward.check_labels([t for r in routes for t in r.terms], kwargs)
     keys = ["score"]
     for route in routes:
         for term in route.terms:
             if term.name not in keys:
                 keys.append(term.name)
-                keys.extend(f"{term.name}/{k}" for k in get_reward(term.name).keys[1:])
+                keys.extend(f"{term.name}/{k}" for k in term.reward().keys[1:])
     return Spec(routes, {str(k): dict(v) for k, v in kwargs.items()}, tuple(keys))
 
 
@@ -186,7 +160,7 @@ _SPEC_CACHE: dict[Any, Spec] = {}
 
 
 def load_spec(spec: Any = None) -> Spec:
-    """A Spec from None (defaults), a Spec, a dict, a JSON string, a YAML path, or a reward name."""
+    """A Spec from None (defaults), a Spec, a dict, a JSON string, a YAML path, a reward name or `file.py[:function]`."""
     if spec is None or spec == "":
         spec = DEFAULT_SPEC
     if isinstance(spec, Spec):
@@ -201,6 +175,13 @@ def load_spec(spec: Any = None) -> Spec:
     if not isinstance(spec, (str, os.PathLike)):
         raise ValueError(f"reward spec must be a path, JSON/YAML text, dict or reward name, got {type(spec).__name__}")
     text = os.fspath(spec).strip()
+    if user_reward.is_reward_file(text):  # one user function for every row
+        path, function = user_reward.split_target(text)
+        path = user_reward.resolve(path)
+        key = ("py", path, function, user_reward.version(path))
+        if key not in _SPEC_CACHE:
+            _SPEC_CACHE[key] = parse_spec({"routes": {"*": [{"path": path, "name": function}]}})
+        return _SPEC_CACHE[key]
     if os.path.isfile(text):
         key = ("file", os.path.abspath(text), os.path.getmtime(text))
         if key not in _SPEC_CACHE:
@@ -210,11 +191,11 @@ def load_spec(spec: Any = None) -> Spec:
                 except yaml.YAMLError as exc:
                     raise ValueError(f"reward spec {text}: not valid YAML: {exc}") from exc
             try:
-                _SPEC_CACHE[key] = parse_spec(raw)
+                _SPEC_CACHE[key] = parse_spec(raw, os.path.dirname(os.path.abspath(text)))
             except ValueError as exc:
                 raise ValueError(f"reward spec {text}: {exc}") from exc
         return _SPEC_CACHE[key]
-    if text in BUILTIN_REWARDS or text in _REGISTRY:
+    if text in reward_names():
         return load_spec({"routes": {"*": {text: 1.0}}})
     if text.startswith("{"):
         try:
@@ -304,7 +285,7 @@ def _assemble(s: Spec, route: Route, parts: dict[str, dict]) -> dict:
         value = float(res.get("score", 0.0))
         total += term.weight * value
         out[term.name] = value
-        for k in get_reward(term.name).keys[1:]:
+        for k in term.reward().keys[1:]:
             out[f"{term.name}/{k}"] = float(res.get(k, 0.0))
     out["score"] = total
     return out
@@ -315,7 +296,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     """Weighted sum of the rewards routed to by `data_source` (see the module rule)."""
     s = load_spec(spec)
     route = route_for(data_source, s)
-    parts = {t.name: get_reward(t.name).fn(data_source, solution_str, ground_truth, extra_info,
+    parts = {t.name: t.reward().fn(data_source, solution_str, ground_truth, extra_info,
                                            **_term_kwargs(s, t, kwargs)) for t in route.terms}
     return _assemble(s, route, parts)
 
@@ -327,7 +308,7 @@ async def compute_score_async(data_source: str, solution_str: str, ground_truth:
     route = route_for(data_source, s)
     parts = {}
     for t in route.terms:
-        entry = get_reward(t.name)
+        entry = t.reward()
         kw = _term_kwargs(s, t, kwargs)
         if entry.async_fn is not None:
             parts[t.name] = await entry.async_fn(data_source, solution_str, ground_truth, extra_info, **kw)
@@ -365,7 +346,7 @@ def _score_rows(data_sources: Sequence[str], solution_strs: Sequence[str], groun
             key = (t.name, json.dumps(t.kwargs, sort_keys=True, default=str))
             groups.setdefault(key, (t, []))[1].append(i)
     for (name, _), (term, rows) in groups.items():
-        entry = get_reward(name)
+        entry = term.reward()
         kw = _term_kwargs(s, term, kwargs)
         args = [(data_sources[i], solution_strs[i], ground_truths[i], infos[i]) for i in rows]
         if details and entry.details_fn is not None:

@@ -5,6 +5,12 @@ Empty truth ("no finding"): an answer with no box that states no finding scores
 `no_finding_score` (0.8, as in the seed); any box, or silence, scores 0.
 Non-empty truth and no box: 0. Range [0, 1].
 
+`iou_mode: region` scores instead the IoU of the union of predicted boxes against the
+union of true boxes (`medrl.rewards.region_iou`): one box over two adjacent lesions,
+or two boxes over one, is then as good as the truth's own boxes. A drawn box that
+cannot be placed (no image size) scales that IoU by placed / drawn boxes, as a false
+box would lower it; `n_matched` counts the true boxes the predicted region overlaps.
+
 Predicted boxes are read from the answer section (`medrl.rewards.answer`) and
 converted to [0, 1] with `box_convention` (norm1 | norm1000 | abs | abs_resized | auto)
 and the original image size in `extra_info` (`width`, `height`, optional
@@ -27,9 +33,11 @@ from typing import Any, Sequence
 from medrl.boxes import CONVENTIONS, Box, BoxError, match_boxes, parse_boxes, read_truth_boxes, to_norm1
 from medrl.no_finding import states_no_finding
 from medrl.rewards.answer import answer_section
+from medrl.rewards.region_iou import region_iou, region_overlaps
 
 KEYS = ("score", "iou", "n_pred", "n_true", "n_matched", "parsed", "no_finding")
 NO_FINDING_SCORE = 0.8
+IOU_MODES = ("match", "region")
 
 
 @dataclass(frozen=True)
@@ -113,11 +121,17 @@ def matched_iou(pred: Sequence[Box], true: Sequence[Box],
 
 def score_answer(answer: str, true: Sequence[Box], convention: str = "auto", width: float | None = None,
                  height: float | None = None, min_pixels: int | None = None, max_pixels: int | None = None,
-                 no_finding_score: float = NO_FINDING_SCORE) -> tuple[dict, list[Box], list]:
+                 no_finding_score: float = NO_FINDING_SCORE, iou_mode: str = "match") -> tuple[dict, list[Box], list]:
     """The IoU result (keys `KEYS`) of an answer section, its predicted boxes in [0, 1], and the matched pairs."""
     pred, unplaced = predicted_boxes(answer, convention, width, height, min_pixels, max_pixels)
     n_pred = len(pred) + unplaced  # a box we cannot place is still a box the model drew
-    value, pairs = matched_iou(pred, true, n_pred)
+    if iou_mode == "region":
+        value = region_iou(pred, true) * len(pred) / n_pred if n_pred else 0.0
+        pairs: list = []
+        n_matched = region_overlaps(pred, true)
+    else:
+        value, pairs = matched_iou(pred, true, n_pred)
+        n_matched = len(pairs)
     no_finding = n_pred == 0 and states_no_finding(answer)
     if not true:
         score = min(1.0, max(0.0, float(no_finding_score))) if no_finding else 0.0
@@ -128,7 +142,7 @@ def score_answer(answer: str, true: Sequence[Box], convention: str = "auto", wid
         "iou": value,
         "n_pred": float(n_pred),
         "n_true": float(len(true)),
-        "n_matched": float(len(pairs)),
+        "n_matched": float(n_matched),
         "parsed": 1.0 if (n_pred or no_finding) else 0.0,
         "no_finding": 1.0 if no_finding else 0.0,
     }
@@ -136,23 +150,27 @@ def score_answer(answer: str, true: Sequence[Box], convention: str = "auto", wid
 
 
 def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
-                  box_convention: str = "auto", no_finding_score: float = NO_FINDING_SCORE,
+                  box_convention: str = "auto", no_finding_score: float = NO_FINDING_SCORE, iou_mode: str = "match",
                   **kwargs: Any) -> tuple[dict, GroundingParse]:
     """The grounding reward (keys `KEYS`) and what it read: the one parse that evaluation reports from."""
     if box_convention not in CONVENTIONS:
         raise ValueError(f"iou reward: unknown box_convention {box_convention!r}; expected one of {CONVENTIONS}")
+    if iou_mode not in IOU_MODES:
+        raise ValueError(f"iou reward: unknown iou_mode {iou_mode!r}; expected one of {IOU_MODES}")
     answer, _ = answer_section(solution_str)
     try:
         true = truth_boxes(ground_truth)
     except BoxError as exc:
         return dict.fromkeys(KEYS, 0.0), GroundingParse([], [], [], False, box_convention, str(exc))
     width, height, min_px, max_px = image_geometry(extra_info, kwargs)
-    result, pred, pairs = score_answer(answer, true, box_convention, width, height, min_px, max_px, no_finding_score)
+    result, pred, pairs = score_answer(answer, true, box_convention, width, height, min_px, max_px, no_finding_score,
+                                       iou_mode)
     return result, GroundingParse(pred, true, pairs, bool(result["no_finding"]), box_convention)
 
 
 def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
-                  box_convention: str = "auto", no_finding_score: float = NO_FINDING_SCORE, **kwargs: Any) -> dict:
+                  box_convention: str = "auto", no_finding_score: float = NO_FINDING_SCORE, iou_mode: str = "match",
+                  **kwargs: Any) -> dict:
     """Grounding reward in [0, 1] with keys `KEYS` (see the module rule)."""
     return score_details(data_source, solution_str, ground_truth, extra_info, box_convention, no_finding_score,
-                         **kwargs)[0]
+                         iou_mode, **kwargs)[0]
