@@ -225,3 +225,19 @@ def test_cpu_tiny_prompt_length_fits_every_sample_prompt(tmp_path, tiny_model_di
         report = check_file(tmp_path / f"{split}.parquet", processor=str(tiny_model_dir),
                             max_prompt_length=limit, progress=False)
         assert not report["problems"], report["problems"]
+
+
+def test_a_broken_reward_file_fails_at_launch_not_at_step_one(tmp_path):
+    from medrl.training.pipeline import run_pipeline
+
+    bad = tmp_path / "lesion.py"
+    bad.write_text("def compute_scor(data_source, solution_str, ground_truth, extra_info=None):\n    return 1.0\n")
+    recipe = R.apply_overrides(R.load_recipe("cpu_tiny"), [f"reward.path={bad}"])
+    with pytest.raises(R.RecipeError, match=r"lesion.py: no function 'compute_score'.*compute_scor"):
+        run_pipeline(recipe, tmp_path / "run", echo=lambda s: None)
+    assert not (tmp_path / "run").exists()  # nothing was built or started
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("routes: {medrl/grounding: {iou: 0.9, formatt: 0.1}}\n")
+    recipe = R.apply_overrides(R.load_recipe("cpu_tiny"), [f"reward.kwargs.spec={spec}"])
+    with pytest.raises(R.RecipeError, match="formatt"):
+        run_pipeline(recipe, tmp_path / "run", echo=lambda s: None)

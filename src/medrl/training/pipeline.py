@@ -138,6 +138,26 @@ def _prepare(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> None:
             raise RuntimeError(f"data preparation failed; see {run_dir / 'prepare.log'}")
 
 
+def check_reward(recipe: Recipe) -> None:
+    """Load the recipe's reward file and spec here, so a broken one fails at launch, not at step 1.
+
+    verl loads them again in its reward workers; a missing file or function, a signature verl
+    cannot call or a spec that does not parse is the same error, only minutes later.
+    """
+    from medrl.rewards.compose import load_spec
+    from medrl.rewards.user_reward import load_reward_file
+
+    path, name = recipe.reward.get("path"), recipe.reward.get("name", "compute_score")
+    spec = (recipe.reward.get("kwargs") or {}).get("spec")
+    try:
+        if path:
+            load_reward_file(path, name)
+        if spec:
+            load_spec(spec)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"reward of {recipe.path}: {exc}") from exc
+
+
 def _model(recipe: Recipe, run_dir: Path, echo) -> str:
     if recipe.model != "tiny":
         return recipe.model
@@ -187,6 +207,7 @@ def run_pipeline(
             echo(format_command(cmd))
         return manifest
 
+    check_reward(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     model = _model(recipe, run_dir, echo)
