@@ -79,7 +79,7 @@ def _run_rehearse(args: argparse.Namespace) -> int:
     try:
         gpu = _load(args)
         out = Path(args.out or Path("runs") / f"rehearse-{gpu.name}").resolve()
-        recipe, changes = rehearsal(gpu, out)
+        recipe, changes = rehearsal(gpu, out, ranks=args.ranks)
         print(f"rehearsing {gpu.name} ({gpu.path}) on this CPU; changed keys:\n{format_changes(changes)}\n")
         # Every stage's verl keys are checked before anything is built or run.
         for st in recipe.stages:
@@ -131,6 +131,8 @@ def register(subparsers) -> None:
     p.add_argument("recipe", help="recipe name (recipes/NAME.yaml) or path")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDE_HELP)
     p.add_argument("--out", default=None, help="run folder (default runs/rehearse-<recipe name>)")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="CPU ranks (FSDP shards and vLLM replicas); 2 also rehearses sharding (default 1: faster)")
     p.add_argument("--dry-run", action="store_true", help="print the changes and the verl command lines, then stop")
     p.set_defaults(func=_run_rehearse)
     collect_overrides(p)

@@ -2,7 +2,7 @@
 
 What changes, and nothing else:
 - the model (a random-init tiny Qwen2.5-VL built offline), the device (cpu) and the resources
-  (one node, 2 CPU ranks: real FSDP sharding and two vLLM replicas);
+  (one node; one CPU rank and one vLLM replica, or `ranks` of each for real FSDP sharding);
 - sizes: batches, micro-batches, response length, rollout n, tensor parallel size, steps
   (every stage runs `STEPS` steps, saves a checkpoint and validates on a few rows);
 - keys that exist only on a device (`medrl.training.device_keys`: flash-attn, CUDA graphs...);
@@ -28,7 +28,7 @@ from medrl.training.recipes import REPO_ROOT, Recipe, RecipeError, _from_raw, re
 from medrl.training.verl_keys import verl_config
 
 STEPS = 2
-RANKS = 2
+RANKS = 1  # one FSDP rank and one vLLM replica: the fastest start on a small CPU
 SAMPLE = "examples/sample/sample.json"
 # The bundled sample's records per task (the `medrl prepare` arguments the main job uses too).
 SAMPLE_TASKS = {
@@ -105,7 +105,7 @@ def _task(recipe: Recipe) -> str:
                       f"is no bundled sample to rehearse with; pass the data (data.train=... data.val=...)")
 
 
-def rehearsal(recipe: Recipe, run_dir: Path) -> tuple[Recipe, list[Change]]:
+def rehearsal(recipe: Recipe, run_dir: Path, ranks: int = RANKS) -> tuple[Recipe, list[Change]]:
     """The CPU rehearsal of `recipe` and every change it makes (`recipe` as loaded, overrides applied)."""
     raw = copy.deepcopy(recipe.raw)
     changes: list[Change] = []
@@ -117,10 +117,10 @@ def rehearsal(recipe: Recipe, run_dir: Path) -> tuple[Recipe, list[Change]]:
     change("recipe", "model", recipe.model, "tiny", "a random-init tiny Qwen2.5-VL, built offline (no hub, no GPU)")
     change("recipe", "device", recipe.device, "cpu", "this machine has no GPU")
     for key, new, why in (("nnodes", 1, "one machine"),
-                          ("gpus_per_node", RANKS, f"{RANKS} CPU ranks: real FSDP sharding, {RANKS} vLLM replicas")):
+                          ("gpus_per_node", ranks, f"{ranks} CPU rank(s), {ranks} vLLM replica(s)")):
         change("recipe", f"resources.{key}", recipe.resources.get(key), new, why)
     raw.update(model="tiny", device="cpu")
-    raw["resources"] = {**(raw.get("resources") or {}), "nnodes": 1, "gpus_per_node": RANKS}
+    raw["resources"] = {**(raw.get("resources") or {}), "nnodes": 1, "gpus_per_node": ranks}
 
     resolved = resolve_paths(recipe, run_dir)
     # Files the run makes itself (`${run}/...`, from the recipe's own `prepare`) are not missing.

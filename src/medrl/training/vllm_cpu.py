@@ -37,6 +37,10 @@ def rollout_settings(prefix: str = "actor_rollout_ref.rollout") -> dict[str, tup
             64, "the weight sync stages buckets in shared memory; the 2 GiB default is far more than needed"),
         f"+{prefix}.engine_kwargs.vllm.worker_extension_cls": (
             EXTENSION, "restores the weights vLLM's CPU linear layers drop, so the weight sync can reload them"),
+        # verl asks for vLLM's multiprocess executor (a worker process beside the engine core);
+        # with tensor parallel 1 the uni-process executor runs the model in the engine core itself.
+        f"+{prefix}.engine_kwargs.vllm.distributed_executor_backend": (
+            "uni", "tensor parallel 1 on a CPU: the model runs in vLLM's engine process, one process (~1.4 GB) less"),
     }
 
 
