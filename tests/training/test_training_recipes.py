@@ -241,3 +241,12 @@ def test_a_broken_reward_file_fails_at_launch_not_at_step_one(tmp_path):
     recipe = R.apply_overrides(R.load_recipe("cpu_tiny"), [f"reward.kwargs.spec={spec}"])
     with pytest.raises(R.RecipeError, match="formatt"):
         run_pipeline(recipe, tmp_path / "run", echo=lambda s: None)
+
+
+def test_a_critic_starts_from_the_policy_model(tmp_path):
+    """verl's critic.model.path default is a placeholder; a GAE stage gets the policy's folder."""
+    ppo = R.resolve_paths(R.load_recipe("ppo_critic"), tmp_path)
+    a = _args(C.build_command(ppo, ppo.stage(), tmp_path / "ppo", model_path="/models/policy"))
+    assert a["critic.model.path"] == "/models/policy"
+    grpo = R.resolve_paths(R.load_recipe("grpo_grounding"), tmp_path)
+    assert "critic.model.path" not in _args(C.build_command(grpo, grpo.stage(), tmp_path / "g", model_path="/m"))

@@ -13,6 +13,8 @@ scoped to this platform:
   memory raises without an accelerator. The CPU engines registered in verl's
   `EngineRegistry` for device "cpu" build the reference model without the offload policy
   (offloading to the CPU is meaningless when everything already lives there).
+- a critic (value model) is loaded with flash_attention_2, hard-coded; the CPU value engine
+  loads it with sdpa instead (`load_valuehead_model_sdpa`).
 """
 
 from __future__ import annotations
@@ -186,6 +188,27 @@ def _platform_class():
     return PlatformCPU
 
 
+def load_valuehead_model_sdpa(local_path, torch_dtype, model_config, trust_remote_code):
+    """verl 0.9.1's `load_valuehead_model` with sdpa attention: a token-classification head where
+    transformers has one for the architecture, else trl's causal LM + value head (vision models)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForTokenClassification
+    from verl.utils.model import patch_valuehead_model
+
+    kwargs = dict(torch_dtype=torch_dtype, config=model_config, attn_implementation="sdpa",
+                  trust_remote_code=trust_remote_code)
+    if type(model_config) in AutoModelForTokenClassification._model_mapping.keys():
+        return AutoModelForTokenClassification.from_pretrained(local_path, **kwargs)
+    from trl.experimental.ppo import AutoModelForCausalLMWithValueHead
+
+    vision = type(model_config) in AutoModelForImageTextToText._model_mapping.keys()
+    base = (AutoModelForImageTextToText if vision else AutoModelForCausalLM).from_pretrained(local_path, **kwargs)
+    if hasattr(model_config, "text_config"):  # vision-language: the value head reads the text model's states
+        base.config.hidden_size = model_config.text_config.hidden_size
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(base)
+    patch_valuehead_model(model)
+    return model
+
+
 def _engine_classes():
     """FSDP engines for device "cpu": verl's own, with the reference model left un-offloaded."""
     from verl.workers.engine.base import EngineRegistry
@@ -204,6 +227,21 @@ def _engine_classes():
                     return super()._build_fsdp_module(module)
                 finally:
                     self.engine_config.forward_only = forward_only
+
+            def _build_module(self):
+                if self.model_config.model_type != "value_model":
+                    return super()._build_module()
+                # verl builds a critic through verl.utils.model.load_valuehead_model, which asks
+                # transformers for flash_attention_2 unconditionally (GPU only). For the build
+                # only, the same loader with sdpa attention stands in (imported by name at call time).
+                import verl.utils.model as verl_model
+
+                original = verl_model.load_valuehead_model
+                verl_model.load_valuehead_model = load_valuehead_model_sdpa
+                try:
+                    return super()._build_module()
+                finally:
+                    verl_model.load_valuehead_model = original
 
         CPUEngine.__name__ = CPUEngine.__qualname__ = f"CPU{base.__name__}"
         return CPUEngine

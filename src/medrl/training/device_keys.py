@@ -31,6 +31,10 @@ CPU_PPO: dict[str, Setting] = {
     "actor_rollout_ref.actor.strategy": Setting("fsdp2", "FSDP1's sync_module_states needs a GPU"),
     "actor_rollout_ref.ref.strategy": Setting("fsdp2", "FSDP1's sync_module_states needs a GPU"),
     "critic.strategy": Setting("fsdp2", "FSDP1's sync_module_states needs a GPU"),
+    # A critic shares its worker process with the actor: its unpadding patch of the Qwen-VL
+    # attention class (flash-attn) would reach the actor too.
+    "critic.model.use_remove_padding": Setting(False, "verl's Qwen-VL unpadding needs flash-attn (GPU only)"),
+    "+critic.model.override_config.attn_implementation": Setting("sdpa", "verl's default flash_attention_2 needs a GPU"),
     "actor_rollout_ref.actor.use_torch_compile": Setting(False, "no compile step on a CPU rehearsal"),
     "actor_rollout_ref.ref.use_torch_compile": Setting(False, "no compile step on a CPU rehearsal"),
     # Measured (HF rollout): rollout-vs-actor probability difference 3e-3 with bf16, 2.5e-7 fp32.

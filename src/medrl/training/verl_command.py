@@ -47,6 +47,14 @@ def _fmt(value: Any) -> str:
     return text
 
 
+def uses_critic(stage: Stage) -> bool:
+    """Whether verl builds a critic for this PPO stage (its own rule: critic.enable, else GAE)."""
+    enable = stage.overrides.get("critic.enable")
+    if enable is not None:
+        return bool(enable)
+    return stage.overrides.get("algorithm.adv_estimator", "gae") == "gae"  # verl's default estimator is GAE
+
+
 def stage_overrides(
     recipe: Recipe, stage: Stage, out_dir: Path, model_path: str | None = None, data: dict | None = None
 ) -> dict[str, Any]:
@@ -75,6 +83,10 @@ def stage_overrides(
                 **trainer_keys,
             }
         )
+        if uses_critic(stage):
+            # verl's critic model defaults to a placeholder path (~/models/deepseek-llm-7b-chat):
+            # the critic starts from the policy's own weights, with a value head added by verl.
+            keys["critic.model.path"] = model
         # On a Ray cluster that the job started (Slurm, RAY_ADDRESS), workers do not inherit the
         # driver's environment: medrl's variables (CPU platform, HF rollout module, threads) and
         # the metrics path of verl's file logger (it lives in the TaskRunner, a Ray worker) travel
