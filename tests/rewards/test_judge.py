@@ -82,7 +82,12 @@ class FakeJudgeServer:
         if "GARBLE" in answer:
             return 200, "I would rather not grade this."
         if "CONCURRENT" in answer:
-            time.sleep(0.5)  # long enough that requests overlap even on a busy machine
+            # Hold each request until a second one is in flight (or 10 s pass), so that requests
+            # overlap however busy the machine is; more than the client's limit would still show.
+            deadline = time.monotonic() + 10
+            while self.in_flight < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)
         return 200, "The findings match the reference.\nScore: 8"
 
     def __enter__(self):
