@@ -43,6 +43,9 @@ class Unit:
     score_range: Callable[[Probe], tuple[float, float]]
     keys: tuple[str, ...] | None
     data_sources: tuple[str, ...]
+    # Keys that may be NaN for a given input: a composed spec's "does not apply" value for the
+    # rewards the row's route does not use. None: every value must be finite.
+    may_be_nan: Callable[[Probe], set[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _result_problems(result: Any, lo: float, hi: float) -> list[tuple[str, str]]:
+def _result_problems(result: Any, lo: float, hi: float, may_be_nan: set[str] = frozenset()) -> list[tuple[str, str]]:
     """(kind, detail) for each rule one call's result breaks (return type, values, range)."""
     if not isinstance(result, dict):
         if not _is_number(result):
@@ -154,7 +157,7 @@ def _result_problems(result: Any, lo: float, hi: float) -> list[tuple[str, str]]
     for k, v in result.items():
         if not _is_number(v):
             out.append(("not a number", f"{k} = {v!r:.80}"))
-        elif not math.isfinite(float(v)):
+        elif not math.isfinite(float(v)) and not (k in may_be_nan and math.isnan(float(v))):
             out.append(("not finite", f"{k} = {float(v)}"))
     score = result["score"]
     if _is_number(score) and math.isfinite(float(score)) and not lo <= float(score) <= hi:
@@ -191,7 +194,8 @@ def check_unit(unit: Unit, probes: Sequence[Probe], repeats: int = 2, max_ms: fl
                 rep.slowest = max(rep.slowest, (ms, probe.describe()))
             if attempt == 0:
                 first = result
-                for kind, detail in _result_problems(result, *unit.score_range(probe)):
+                nan_ok = unit.may_be_nan(probe) if unit.may_be_nan else frozenset()
+                for kind, detail in _result_problems(result, *unit.score_range(probe), nan_ok):
                     note(kind, probe, detail)
                 keys = tuple(result) if isinstance(result, dict) else ("score",)
                 if rep.keys is None:
@@ -280,8 +284,12 @@ def _composed_unit(spec: compose.Spec, data_sources: Sequence[str] | None) -> Un
 
     sources = tuple(data_sources) if data_sources else tuple(s for s in (_concrete(r.pattern) for r in spec.routes)
                                                                if s)
+    def unused_keys(p: Probe) -> set[str]:
+        used = {t.name for t in compose.route_for(p.data_source, spec).terms}
+        return {k for k in spec.keys if k != "score" and k.split("/", 1)[0] not in used}
+
     return Unit("composed spec", "medrl.rewards.compose", _raw_call(compose.compute_score, {"spec": spec}),
-                ranges, spec.keys, sources)
+                ranges, spec.keys, sources, unused_keys)
 
 
 def run_check(target: Any, data_sources: Sequence[str] | None = None, rows: Sequence[dict] | None = None,
