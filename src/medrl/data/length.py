@@ -35,7 +35,9 @@ def count_prompt_tokens(row: dict, processor, prompt_key: str = "prompt", image_
     from verl.utils.dataset.rl_dataset import RLHFDataset
     from verl.utils.tokenizer import build_multimodal_processor_inputs
 
-    example = {prompt_key: copy.deepcopy(list(row[prompt_key])), image_key: [dict(i) for i in row.get(image_key) or []]}
+    # Copies: verl's _build_messages writes into the message and image dicts it is given.
+    images = [dict(i) if isinstance(i, dict) else i for i in row.get(image_key) or []]
+    example = {prompt_key: copy.deepcopy(list(row[prompt_key])), image_key: images}
     shim = SimpleNamespace(image_key=image_key, video_key="videos", audio_key="audios", processor=processor)
     messages = RLHFDataset._build_messages(shim, example, key=prompt_key)
     raw = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
