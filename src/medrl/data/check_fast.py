@@ -102,7 +102,9 @@ def scan_unit(opts: ScanOptions, group: int, first_row: int, prove: frozenset) -
     import pyarrow.parquet as pq
 
     st = _state(opts)
-    pf = pq.ParquetFile(opts.path)
+    if st.get("file", (None,))[0] != opts.path:  # parsing a million-row file's footer per row group costs
+        st["file"] = (opts.path, pq.ParquetFile(opts.path))
+    pf = st["file"][1]
     try:
         table = pf.read_row_group(group, columns=_columns(pf.schema_arrow.names, opts))
     except (KeyError, ValueError):  # a schema without nested extra_info fields: read it whole

@@ -25,7 +25,7 @@ _JPEG_EOI = b"\xff\xd9"
 # JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01, 0xFF}  # RSTn, TEM and fill bytes have no length
-HEAD_BYTES = 64 * 1024  # enough for every header here except JPEGs with huge EXIF/ICC blocks (re-read then)
+HEAD_BYTES = 8 * 1024  # enough for most headers; JPEGs with big EXIF/ICC blocks are read further
 TAIL_BYTES = 4 * 1024
 MAX_HEAD_BYTES = 4 * 1024 * 1024  # a JPEG whose frame header is further in than this goes to PIL
 
@@ -63,15 +63,15 @@ def _png(data: bytes) -> Header:
 def _jpeg(data: bytes) -> Header:
     pos, n = 2, len(data)  # just after SOI
     while True:
-        if pos >= n:
-            raise NeedMore(n + HEAD_BYTES)
+        if pos >= n:  # a segment ran past the bytes read: ask for it and a little more
+            raise NeedMore(max(2 * n, pos + 1024))
         if data[pos] != 0xFF:
             raise HeaderError(f"JPEG marker expected at byte {pos}")
         # Markers may be preceded by any number of 0xFF fill bytes.
         while pos < n and data[pos] == 0xFF:
             pos += 1
         if pos >= n:
-            raise NeedMore(n + HEAD_BYTES)
+            raise NeedMore(2 * n)
         marker = data[pos]
         pos += 1
         if marker in _STANDALONE:
@@ -79,7 +79,7 @@ def _jpeg(data: bytes) -> Header:
         if marker in (0xD9, 0xDA):  # EOI or start of scan before any frame header
             raise HeaderError("JPEG without a frame header (SOF) before its image data")
         if pos + 2 > n:
-            raise NeedMore(pos + 2 + HEAD_BYTES)
+            raise NeedMore(max(2 * n, pos + 2))
         length = (data[pos] << 8) | data[pos + 1]
         if length < 2:
             raise HeaderError(f"JPEG segment of length {length} at byte {pos}")
@@ -183,26 +183,29 @@ def probe_bytes(data: bytes) -> Probe:
 
 def probe_file(path: str) -> Probe:
     """Probe an image file with two small reads (head and tail); raises OSError / HeaderError."""
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        data = fh.read(HEAD_BYTES)
-        if len(data) >= size:  # small file: it is all in memory already
-            return probe_bytes(data)
+    # os-level calls: a preflight probes tens of thousands of files, and a buffered file object
+    # costs more than the two small reads themselves.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size <= HEAD_BYTES + TAIL_BYTES:  # small file: read it whole
+            return probe_bytes(os.pread(fd, size, 0))
+        data = os.pread(fd, HEAD_BYTES, 0)
         while True:
             try:
                 head = parse_header(data)
                 break
             except NeedMore as more:
-                if len(data) >= size:
-                    raise HeaderError(f"file ends inside its header ({size} bytes)") from None
                 if len(data) >= MAX_HEAD_BYTES:
                     return Probe(None, None)  # header unusually far in: let PIL read it
-                fh.seek(0)
-                data = fh.read(min(more.need, size, MAX_HEAD_BYTES))
+                data = os.pread(fd, min(more.need, size, MAX_HEAD_BYTES), 0)
+                if len(data) >= size:
+                    return probe_bytes(data)
         if head is None:
             return Probe(None, None)
-        fh.seek(max(0, size - TAIL_BYTES))
-        return Probe(head, tail_complete(head.format, fh.read(TAIL_BYTES)))
+        return Probe(head, tail_complete(head.format, os.pread(fd, TAIL_BYTES, size - TAIL_BYTES)))
+    finally:
+        os.close(fd)
 
 
 def pil_size(source: str | bytes) -> tuple[int, int]:

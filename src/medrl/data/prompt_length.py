@@ -32,6 +32,7 @@ from medrl.data import image_header as ih
 
 _MEDIA_RE = re.compile("(<image>|<video>|<audio>)")
 _QWEN_PLACEHOLDER = "<|placeholder|>"  # Qwen processors turn any literal one into an image token
+BATCH = 4096  # rows counted per batch
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,20 @@ def image_source(img: Any) -> tuple[dict, str | bytes]:
     return img, ref
 
 
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays from pandas
+        return list(value.tolist())
+    return [value]
+
+
+def _hashable(content: Any) -> Any:
+    return content if isinstance(content, str) else repr(content)
+
+
 class PromptCounter:
     """Counts prompts exactly as verl does, from the processor's template, tokenizer and resize rules."""
 
@@ -151,44 +166,47 @@ class PromptCounter:
             return int(proc._get_num_multimodal_tokens(image_sizes=[(height, width)])["num_image_tokens"][0])
         raise Fallback(f"{type(proc).__name__} cannot count image tokens from a size")
 
-    def _row_media(self, row: dict, prompt_key: str, image_key: str) -> tuple[list[dict], list[Any]]:
-        images = row.get(image_key) or []
-        if not isinstance(images, (list, tuple)):
-            images = list(images) if hasattr(images, "__iter__") and not isinstance(images, (str, bytes)) \
-                else [images]
-        n_videos = len(row.get("videos") or [])
-        n_audios = len(row.get("audios") or [])
-        return build_messages(row[prompt_key], len(images), n_videos, n_audios), images
+    def _image_tokens_of(self, images: list) -> int:
+        """Tokens all of a row's images expand to; raises CountError / Fallback."""
+        total = 0
+        for k, img in enumerate(images):
+            ele, source = image_source(img)
+            checked = self.images.check(source)
+            if checked.problem:  # verl's fetch_image fails on it too
+                raise CountError(f"image {k}: {checked.problem}")
+            width, height = checked.size
+            try:
+                total += self.image_tokens(height, width, ele)
+            except Fallback:
+                raise
+            except Exception as exc:  # whatever the resize rules raise, verl raises too
+                raise CountError(f"image {k}: {type(exc).__name__}: {exc}") from exc
+        return total
 
     def count_rows(self, rows: Sequence[dict], prompt_key: str = "prompt", image_key: str = "images") -> list[Count]:
-        """Exact prompt token counts of many rows (text tokenized in one batch)."""
+        """Exact prompt token counts of many rows (new texts rendered and tokenized in one batch)."""
+        if len(rows) > BATCH:  # bounded batches: a batch's texts must all fit in the cache
+            return [c for k in range(0, len(rows), BATCH)
+                    for c in self.count_rows(rows[k:k + BATCH], prompt_key, image_key)]
         out: list[Count | None] = [None] * len(rows)
-        todo: list[tuple] = []  # (row, cache key, messages, image tokens, image count)
+        todo: list[tuple] = []  # (row index, text key, prompt, image tokens, image count)
         for i, row in enumerate(rows):
             self.stats["rows"] += 1
+            images = _as_list(row.get(image_key))
+            prompt = row[prompt_key]
+            # The rendered text depends on the messages and the media counts only: rows sharing
+            # them (templated questions) are rendered and tokenized once.
+            key = (len(images), len(_as_list(row.get("videos"))), len(_as_list(row.get("audios"))),
+                   tuple((m.get("role"), _hashable(m.get("content"))) for m in prompt))
             try:
-                messages, images = self._row_media(row, prompt_key, image_key)
-                extra = 0
-                for k, img in enumerate(images):
-                    ele, source = image_source(img)
-                    checked = self.images.check(source)
-                    if checked.problem:  # verl's fetch_image fails on it too
-                        raise CountError(f"image {k}: {checked.problem}")
-                    width, height = checked.size
-                    try:
-                        extra += self.image_tokens(height, width, ele)
-                    except Fallback:
-                        raise
-                    except Exception as exc:  # whatever the resize rules raise, verl raises too
-                        raise CountError(f"image {k}: {type(exc).__name__}: {exc}") from exc
-                key = (len(images), tuple((m.get("role"), str(m.get("content"))) for m in row[prompt_key]))
+                extra = self._image_tokens_of(images)
             except CountError as exc:
                 out[i] = Count(None, error=str(exc))
                 continue
             except Fallback as exc:
                 out[i] = Count(None, fallback=str(exc))
                 continue
-            todo.append((i, key, messages, extra, len(images)))
+            todo.append((i, key, prompt, extra, len(images)))
         self._count_text(todo)
         for i, key, _, extra, n_images in todo:
             text = self.tokens_cache.get(key)
@@ -200,20 +218,25 @@ class PromptCounter:
 
     def _count_text(self, todo: list) -> None:
         """Render and tokenize the texts not seen before (one batch)."""
-        new: dict[Any, tuple[list[dict], int]] = {}
-        for _, key, messages, _, n_images in todo:
+        new: dict[Any, list[dict]] = {}
+        for _, key, prompt, _, _ in todo:
             if key in self.tokens_cache:
                 self.tokens_cache.move_to_end(key)
                 self.stats["text_cache_hits"] += 1
             elif key not in new:
-                new[key] = (messages, n_images)
+                try:
+                    new[key] = build_messages(prompt, *key[:3])
+                except CountError as exc:
+                    self.tokens_cache.put(key, Count(None, error=str(exc)))
+                except Fallback as exc:
+                    self.tokens_cache.put(key, Count(None, fallback=str(exc)))
         if not new:
             return
         keys = list(new)
-        texts = self._render([new[k][0] for k in keys])
+        texts = self._render([new[k] for k in keys])
         with_images, without = [], []
         for key, text in zip(keys, texts):
-            n_images = new[key][1]
+            n_images = key[0]
             if isinstance(text, Count):
                 self.tokens_cache.put(key, text)
             elif n_images and (_QWEN_PLACEHOLDER in text or text.count(self.image_token or "\0") != n_images):
