@@ -15,9 +15,11 @@ through verl, as the first version did.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -260,7 +262,8 @@ def verl_load(path: Path, processor_path: str, image_key: str = "images", prompt
             "prompt_key": prompt_key, "image_key": image_key, "cache_dir": cache,
             "max_prompt_length": 10**9, "filter_overlong_prompts": False, "return_raw_chat": True,
         })
-        ds = RLHFDataset(data_files=[str(path)], tokenizer=proc.tokenizer, config=config, processor=proc)
+        with contextlib.redirect_stdout(sys.stderr):  # verl prints its progress: stdout is the report's
+            ds = RLHFDataset(data_files=[str(path)], tokenizer=proc.tokenizer, config=config, processor=proc)
         for i in tqdm(range(len(ds)), desc="load via verl", unit=" row", disable=not progress, mininterval=1.0):
             raw = ds.dataframe[i]
             rid = row_id(raw)
@@ -289,6 +292,15 @@ def print_report(report: dict, as_json: bool = False) -> None:
     console = Console()
     for note in report["notes"]:
         console.print(f"[yellow]note[/]: {note}")
+    lengths, proof = report.get("lengths"), report.get("verified")
+    if lengths and lengths.get("counted"):
+        console.print(f"prompt tokens: max {lengths['max']} (row {lengths['max_row']}), 50% below "
+                      f"{lengths['p50_below']}, 99% below {lengths['p99_below']} ({lengths['counted']} rows counted)")
+    if proof is not None:
+        style = "red" if proof["mismatches"] else "green"
+        console.print(f"[{style}]proven through verl's RLHFDataset[/]: {proof['rows']} rows ({proof['sample']} "
+                      f"sampled, {proof['near_limit']} near the limit, {proof['fast_path_skipped']} beyond the "
+                      f"fast path), {proof['mismatches']} count(s) differ")
     if not report["problems"]:
         console.print(f"[bold green]OK[/]: {report['file']}: {report['rows']} rows, no problem found")
         return

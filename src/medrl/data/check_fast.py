@@ -17,6 +17,7 @@ lengths and the rows to prove.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing as mp
 import os
 import random
 import tempfile
@@ -114,14 +115,11 @@ def scan_unit(opts: ScanOptions, group: int, first_row: int, prove: frozenset) -
     log, mixed, routes = C.ProblemLog(opts.show), C.MixedRows(opts.show), {}
     res = UnitResult(log.problems, mixed, routes)
     check_image = lambda entry: _image_problem(st["images"], entry)  # noqa: E731
-    bad_images = set()  # rows already flagged for an image: their count fails for the same reason
     for k, rec in enumerate(rows):
         row, rid = first_row + k, C.row_id(rec)
         mixed.add(bool(rec.get(opts.image_key)), row, rid)
         for name, detail in C.row_problems(rec, opts.image_key, opts.prompt_key, check_image, st["route_ok"], routes):
             log.flag(name, row, rid, detail)
-            if name == C.P_IMAGE:
-                bad_images.add(row)
     counter = st["counter"]
     if counter is None:
         return res
@@ -131,9 +129,8 @@ def scan_unit(opts: ScanOptions, group: int, first_row: int, prove: frozenset) -
         if got.fallback:
             res.fallback[row] = got.fallback
             continue
-        if got.error:
-            if row not in bad_images:
-                log.flag(C.P_DATASET, row, rid, got.error)
+        if got.error:  # verl fails on the row as well (as --full reports it)
+            log.flag(C.P_DATASET, row, rid, got.error)
             continue
         n = got.tokens
         res.lengths[n // BIN] += 1
@@ -168,7 +165,8 @@ def _run(units, fn, workers: int, progress_total: int, desc: str, progress: bool
                 bar.update(n)
                 yield res
             return
-        with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: a forked child of a process whose torch/OpenMP threads ran can hang.
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
             pending = []
             it = iter(units)
             for u in it:  # a bounded window of work in flight: results arrive in order, memory stays flat
