@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import random
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,7 @@ def check_fast(path: str | Path, processor: str | None = None, max_prompt_length
     """Check one parquet the fast way (see the module docstring); same report as check_file, plus proof."""
     import pyarrow.parquet as pq
 
+    t0 = time.perf_counter()
     path = Path(path)
     pf = pq.ParquetFile(path)
     n_rows = pf.metadata.num_rows
@@ -255,7 +257,7 @@ def check_fast(path: str | Path, processor: str | None = None, max_prompt_length
         notes.append(route_note)
 
     report = {"file": str(path), "rows": n_rows, "problems": log.problems, "notes": notes, "routes": routes,
-              "mode": "fast"}
+              "mode": "fast", "seconds": {"scan": round(time.perf_counter() - t0, 3)}}
     if not processor:
         notes.append("no --processor: token length not checked and no row loaded through verl's RLHFDataset")
         return report
@@ -270,8 +272,10 @@ def check_fast(path: str | Path, processor: str | None = None, max_prompt_length
                      "proven through verl: run with --full to load them all")
         extra = sorted(random.Random(seed + 1).sample(extra, MAX_PROVE))
     prove = sorted(sample_set | set(extra))
+    t1 = time.perf_counter()
     report["verified"] = _prove(path, prove, counted, fallback, opts, units, workers, progress, log, notes,
                                 len(sample), len(near), len(to_count))
+    report["seconds"]["prove"] = round(time.perf_counter() - t1, 3)
     return report
 
 
