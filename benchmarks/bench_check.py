@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_inputs import DEFAULT_WORK, check_inputs  # noqa: E402
+from scale_inputs import add_scale_arguments, check_inputs  # noqa: E402
 
 TARGET = 2_000
 LIMIT = 8192  # data.max_prompt_length: 1024-2048 px images are 1,300-5,300 tokens each
@@ -101,17 +101,11 @@ def _line(n: int, rep: int, v: str, r: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    p.add_argument("--repeats", type=int, default=3, help="runs at the smallest size (medians)")
-    p.add_argument("--big_repeats", type=int, default=1, help="runs at the larger sizes")
-    p.add_argument("--images", type=int, default=20_000)
+    add_scale_arguments(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--full_rows", type=int, default=200, help="rows the --full reference checks")
-    p.add_argument("--work", default=DEFAULT_WORK)
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--processor", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_inputs import DEFAULT_WORK, convert_inputs  # noqa: E402
+from scale_inputs import add_scale_arguments, convert_inputs  # noqa: E402
 
 TARGET_RATIO = 2.0
 TARGET_REF_RATE = 30_000
@@ -119,17 +119,11 @@ def measure(variant: str, json_path: Path, scratch: Path, workers: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    p.add_argument("--repeats", type=int, default=3, help="runs per variant at the smallest size (medians)")
-    p.add_argument("--big_repeats", type=int, default=1, help="runs per variant at the larger sizes")
-    p.add_argument("--images", type=int, default=20_000, help="distinct PNG files")
+    add_scale_arguments(p)
     p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--reference_sizes", type=int, nargs="*", default=None,
                    help="sizes the reference runs at (default: the smallest; it holds everything in memory)")
-    p.add_argument("--work", default=DEFAULT_WORK, help="folder for the generated inputs (kept and reused)")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)

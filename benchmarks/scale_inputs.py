@@ -186,6 +186,19 @@ def check_inputs(work: Path, n_rows: int, n_images: int = 20_000, distinct_text:
     return path
 
 
+def add_scale_arguments(p) -> None:
+    """The arguments both scale benchmarks take (sizes, repeats, inputs) and their child-process ones."""
+    import argparse
+
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--repeats", type=int, default=3, help="runs per variant at the smallest size (medians)")
+    p.add_argument("--big_repeats", type=int, default=1, help="runs per variant at the larger sizes")
+    p.add_argument("--images", type=int, default=20_000, help="distinct image files")
+    p.add_argument("--work", default=DEFAULT_WORK, help="folder for the generated inputs (kept and reused)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=DEFAULT_WORK)
