@@ -94,7 +94,7 @@ def measure(variant: str, data: Path, processor: Path, workers: int, full_rows: 
 def _line(n: int, rep: int, v: str, r: dict) -> str:
     ph = r["phases"]
     scan = f"scan {r['rows'] / ph['scan']:7.0f} rows/s, proof {ph.get('prove', 0):5.1f} s" if "scan" in ph else ""
-    return (f"  {n:>8d} run {rep + 1} {v:13s} {r['seconds']:7.1f} s {r['rows'] / r['seconds']:7.0f} rows/s  {scan}  "
+    return (f"  {n:>8d} run {rep + 1} {v:13s} {r['seconds']:7.1f} s {r['rows'] / r['seconds']:7.1f} rows/s  {scan}  "
             f"peak {r['rss_mb']:.0f} MB (+ workers {r['worker_rss_mb']:.0f} MB)  problems {r['problems']}  "
             f"proof {r['verified']}")
 
@@ -138,7 +138,7 @@ def main() -> None:
         m["scan"] = statistics.median(r["phases"].get("scan", r["seconds"]) for r in rs)
         m["prove"] = statistics.median(r["phases"].get("prove", 0.0) for r in rs)
         med[(v, n)] = m
-        print(f"{v:13s} {n:>8d} rows: {m['rows'] / m['seconds']:7.0f} rows/s overall, scan "
+        print(f"{v:13s} {n:>8d} rows: {m['rows'] / m['seconds']:7.1f} rows/s overall, scan "
               f"{m['rows'] / m['scan']:7.0f} rows/s, proof {m['prove']:.1f} s; peak {m['rss_mb']:.0f} MB main, "
               f"{m['worker_rss_mb']:.0f} MB per worker")
     for n in sizes:
