@@ -17,4 +17,4 @@ test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
-	for b in benchmarks/*.py; do .venv/bin/python $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do .venv/bin/python $$b || exit 1; done

@@ -47,9 +47,11 @@ def run_check(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"medrl check: --reward_spec: {exc}", file=sys.stderr)
             return 2
+    fast = {} if args.full else {"verify": args.verify, "margin": args.margin, "seed": args.seed,
+                                 "workers": args.workers}
     report = check_file(args.data, processor=args.processor, max_prompt_length=args.max_prompt_length,
                         image_key=args.image_key, prompt_key=args.prompt_key, show=args.show,
-                        reward_spec=args.reward_spec, progress=not args.no_progress)
+                        reward_spec=args.reward_spec, progress=not args.no_progress, full=args.full, **fast)
     print_report(report, as_json=args.json)
     return 1 if report["problems"] else 0
 
@@ -74,7 +76,13 @@ def register(subparsers) -> None:
 
     register_formats(psub)
 
-    chk = subparsers.add_parser("check", help="preflight a verl parquet through verl's RLHFDataset")
+    chk = subparsers.add_parser(
+        "check", help="preflight a verl parquet: every row checked, token counts proven through verl's RLHFDataset",
+        description="Check every row of a verl RL parquet. By default images are read from their headers and "
+                    "prompts counted with the fast tokenizer in worker processes; a seeded sample of rows, every "
+                    "row near the limit and every row the fast path cannot count are then loaded through verl's "
+                    "RLHFDataset, and any count that differs fails the check. --full decodes every image and "
+                    "loads every row through verl instead.")
     chk.add_argument("data", help="a verl RL parquet (train.parquet, val.parquet, ...)")
     chk.add_argument("--processor", default=None, help="local model folder (tokenizer + processor)")
     chk.add_argument("--max_prompt_length", type=int, default=None, help="data.max_prompt_length of the run")
@@ -83,6 +91,14 @@ def register(subparsers) -> None:
     chk.add_argument("--show", type=int, default=10, help="row numbers listed per problem")
     chk.add_argument("--reward_spec", default=None,
                      help="reward spec (YAML path / JSON) whose routes data_source must match (default: medrl's)")
+    chk.add_argument("--full", action="store_true",
+                     help="decode every image and load every row through verl's RLHFDataset (slow, the reference)")
+    chk.add_argument("--verify", type=int, default=100,
+                     help="rows (seeded sample) loaded through verl to prove the fast counts (default 100)")
+    chk.add_argument("--margin", type=int, default=32,
+                     help="rows within this many tokens of --max_prompt_length are all proven through verl")
+    chk.add_argument("--seed", type=int, default=0, help="seed of the proof sample")
+    chk.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU)")
     chk.add_argument("--no_progress", action="store_true")
     chk.add_argument("--json", action="store_true", help="print the report as JSON")
     chk.set_defaults(func=run_check)

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import pyarrow as pa
 
 from medrl.atomic import write_json
-from medrl.data.length import LengthOptions, check_length
+from medrl.data.length import LengthOptions, length_checks
 from medrl.data.readers import SourceRecord, read_records
 from medrl.data.records import RecordOptions, RecordResult, build_source_rows, record_dataset, record_id
 from medrl.data.rejects import Reject, RejectError, RejectLog
@@ -127,11 +127,11 @@ def process_chunk(chunk: list[SourceRecord], builder: Builder, length_opts: Leng
             out.append(("reject", Reject(exc.reason, exc.detail, source, position, rid)))
             continue
         rows, bad = [], []
-        for row in res.rows:
-            try:
-                check_length(row, length_opts)
+        checks = length_checks(res.rows, length_opts) if length_opts.active else [(None, None)] * len(res.rows)
+        for row, (exc, _) in zip(res.rows, checks):
+            if exc is None:
                 rows.append(row)
-            except RejectError as exc:
+            else:
                 turn = row["extra_info"]["turn"]
                 bad.append(Reject(exc.reason, f"turn {turn}: {exc.detail}", source, position, rid))
         sft_rows = res.sft_rows if not bad else []  # the SFT row holds every turn, long ones too

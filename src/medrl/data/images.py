@@ -11,6 +11,7 @@ import base64
 import io
 import math
 import os
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from medrl.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 from medrl.data import rejects
+from medrl.data.image_header import LRU, HeaderError, probe_file
 from medrl.data.rejects import RejectError
 
 IMAGE_MODES = ("embed", "ref")
@@ -189,7 +191,7 @@ def load_image(spec: Any, opts: ImageOptions, base_dir: str | None = None) -> Im
             raise RejectError(rejects.NO_IMAGE, "embedded image cannot be written as a file reference")
         width = height = None
         if opts.verify:
-            width, height = _checked_size(_read(path), origin)
+            width, height = _header_size(path)
         elif not os.path.isfile(path):
             raise RejectError(rejects.IMAGE_NOT_FOUND, path)
         payload = {
@@ -200,7 +202,17 @@ def load_image(spec: Any, opts: ImageOptions, base_dir: str | None = None) -> Im
         return ImageInfo(payload, origin, width, height)
 
     if data is None:
-        data = _read(path)
+        data, identity = _read_with_identity(path)
+        if not opts.max_pixels:
+            # A file used by several records is checked once: later reads of the same unchanged
+            # file (same inode, size and modification time) reuse the verdict.
+            size = _VERIFIED.get(path)
+            if size is None or size[0] != identity:
+                size = (identity, _checked_size(data, origin, opts.verify))
+                if opts.verify:
+                    _VERIFIED.put(path, size)
+            width, height = size[1]
+            return ImageInfo({"bytes": data}, origin, width, height)
     if not opts.max_pixels:
         width, height = _checked_size(data, origin, opts.verify)
         return ImageInfo({"bytes": data}, origin, width, height)
@@ -221,6 +233,62 @@ def _checked_size(data: bytes, origin: str, verify: bool = True) -> tuple[int, i
     if size is not None:
         return size
     return _open_checked(data, origin, verify=verify).size
+
+
+_VERIFIED = LRU(65536)  # path -> (file identity, (width, height)) of files whose every byte was checked
+_HEADERS = LRU(65536)  # path -> (file identity, (width, height)) from header and end (ref mode)
+
+
+def _header_size(path: str) -> tuple[int, int]:
+    """Size of a referenced file from its header; the file's end proves it whole (else a full check)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise RejectError(rejects.IMAGE_NOT_FOUND, path) from None
+    except OSError as exc:
+        raise RejectError(rejects.IMAGE_NOT_FOUND, f"{path}: {exc}") from exc
+    identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _HEADERS.get(path)
+    if hit is not None and hit[0] == identity:
+        return hit[1]
+    try:
+        probe = probe_file(path)
+    except HeaderError as exc:
+        raise RejectError(rejects.UNREADABLE_IMAGE, f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise RejectError(rejects.IMAGE_NOT_FOUND, f"{path}: {exc}") from exc
+    if probe.header is not None and probe.complete:
+        size = (probe.header.width, probe.header.height)
+    else:  # another format, or an end that proves nothing: decode it
+        size = _checked_size(_read(path), path)
+    _HEADERS.put(path, (identity, size))
+    return size
+
+
+def _read_with_identity(path: str) -> tuple[bytes, tuple[int, int, int]]:
+    """The file's bytes and (inode, size, mtime) of what was read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise RejectError(rejects.IMAGE_NOT_FOUND, path) from None
+    except OSError as exc:  # a folder, no permission, I/O error
+        raise RejectError(rejects.IMAGE_NOT_FOUND, f"{path}: {exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RejectError(rejects.IMAGE_NOT_FOUND, f"{path}: not a regular file")
+        chunks, left = [], st.st_size
+        while True:  # the file may have grown since fstat: read to its end
+            chunk = os.read(fd, max(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left = 0
+        return b"".join(chunks), (st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError as exc:
+        raise RejectError(rejects.IMAGE_NOT_FOUND, f"{path}: {exc}") from exc
+    finally:
+        os.close(fd)
 
 
 def _read(path: str) -> bytes:
