@@ -19,7 +19,6 @@ from medrl.data.prompt_length import PromptCounter, load_processor
 from medrl.data.rejects import RejectError
 
 
-@functools.lru_cache(maxsize=4)
 def prompt_chars(row: dict) -> int:
     """Characters of a row's prompt messages."""
     return sum(len(m["content"]) for m in row["prompt"])
