@@ -61,7 +61,6 @@ class LengthOptions:
 @functools.lru_cache(maxsize=4)
 def prompt_counter(path: str):
     """The fast exact counter of a local model folder (cached per process)."""
-
     return PromptCounter(load_processor(path))
 
 
