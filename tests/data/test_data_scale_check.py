@@ -60,6 +60,7 @@ def _shape(report: dict) -> dict:
     return {name: (p["count"], sorted(p["rows"])) for name, p in report["problems"].items()}
 
 
+@pytest.mark.slow  # full verl loads / worker processes
 def test_fast_check_finds_what_the_full_verl_load_finds(ref_rows, tiny_model_dir, tmp_path):
     path = _write(ref_rows, tmp_path / "rows.parquet")
     proc = str(tiny_model_dir)
@@ -113,6 +114,7 @@ def test_rows_the_fast_path_cannot_count_are_counted_through_verl(tiny_model_dir
     assert "counted by verl" in report["problems"][C.P_LENGTH]["example"]
 
 
+@pytest.mark.slow  # full verl loads / worker processes
 def test_worker_processes_give_the_inline_report(ref_rows, tiny_model_dir, tmp_path, monkeypatch):
     path = _write(ref_rows, tmp_path / "rows.parquet")
     kw = dict(processor=str(tiny_model_dir), max_prompt_length=60, progress=False, verify=4, seed=3)
@@ -135,6 +137,7 @@ def test_embedded_rows_and_no_processor(tmp_path):
     assert "lengths" not in report and any("no --processor" in n for n in report["notes"])
 
 
+@pytest.mark.slow  # full verl loads / worker processes
 def test_cli_fast_and_full(ref_rows, tiny_model_dir, tmp_path, capsys):
     from medrl.cli import main
 

@@ -121,6 +121,7 @@ def qwen_default_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return qwen_default_processor_dir(tiny_model_dir, tmp_path_factory.mktemp("qwen-default") / "m")
 
 
+@pytest.mark.slow  # 3,300 rows through verl's RLHFDataset (about a minute per processor)
 @pytest.mark.parametrize("which,n_rows,seed", [("tiny", 1800, 1), ("qwen_default", 1500, 2)])
 def test_fast_count_equals_verls_on_seeded_rows(which, n_rows, seed, images, tiny_model_dir, qwen_default_dir):
     model = tiny_model_dir if which == "tiny" else qwen_default_dir
@@ -145,6 +146,7 @@ def test_fast_count_equals_verls_on_seeded_rows(which, n_rows, seed, images, tin
     assert compared > 0.85 * n_rows and multi > 0.25 * n_rows and errors > 5 and fallbacks > 5
 
 
+@pytest.mark.slow  # verl's own filter over every row
 def test_fast_count_keeps_exactly_the_rows_verls_own_filter_keeps(images, tiny_model_dir, tmp_path):
     """verl's RLHFDataset filter at a limit keeps exactly the rows whose fast count fits it."""
     from verl.utils.dataset.rl_dataset import RLHFDataset
