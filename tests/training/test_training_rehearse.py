@@ -182,13 +182,28 @@ def test_every_shipped_gpu_recipe_rehearses_green(name, tmp_path):
     assert "passed" in proc.stdout and "Not checked: GPU memory" in proc.stdout
 
 
-@pytest.mark.slow
-def test_a_reward_that_raises_fails_the_rehearsal(tmp_path):
+def test_preflight_fails_on_a_reward_that_raises(sample_rows, tiny_model_dir, tmp_path):
     reward = tmp_path / "broken.py"
     reward.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw):\n"
-                      "    raise KeyError('width')\n")
+                      "    return {'score': 1.0 / len(solution_str)}\n")
+    with pytest.raises(RehearsalError, match=r"broken.py:compute_score raises on training row 0 .*"
+                                             r"answer '': ZeroDivisionError"):
+        preflight(_recipe_on(sample_rows / "train.parquet", f"reward.path={reward}"), str(tiny_model_dir),
+                  echo=lambda s: None)
+
+
+@pytest.mark.slow
+def test_a_reward_that_raises_inside_the_trainer_fails_the_rehearsal(tmp_path):
+    # It passes the preflight (verl adds num_turns to extra_info, the preflight does not), so the
+    # failure comes from verl's own reward loop, as on a GPU.
+    reward = tmp_path / "broken.py"
+    reward.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw):\n"
+                      "    if 'num_turns' in (extra_info or {}):\n"
+                      "        raise KeyError('width')\n"
+                      "    return 0.0\n")
     proc = _rehearse_cli("grpo_grounding", f"reward.path={reward}", "--out", str(tmp_path / "r"), timeout=900)
     assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "without raising" in proc.stdout  # the preflight ran and passed
     log = (tmp_path / "r" / "grpo" / "train.log").read_text()
     assert "KeyError: 'width'" in log
     assert "rehearsal failed: stage 'grpo' failed" in proc.stderr

@@ -215,3 +215,42 @@ def preflight(recipe: Recipe, model_dir: str, echo: Callable[[str], None] = prin
                     f"{name}: {p['count']} rows, e.g. {p['example']}" for name, p in report["problems"].items()))
     if failures:
         raise RehearsalError("the GPU launch would fail on its data:\n  " + "\n  ".join(failures))
+    if any(s.trainer == "ppo" for s in recipe.stages):
+        reward_smoke(recipe, echo)
+
+
+# What a model may answer at step 1: nothing, the reference itself, and text with no answer tags.
+SMOKE_ANSWERS = ("", "<think>...</think><answer>{truth}</answer>", "I cannot tell.")
+
+
+def reward_smoke(recipe: Recipe, echo: Callable[[str], None] = print, rows_per_source: int = 4) -> None:
+    """Call the recipe's reward as verl will, on real training rows, before any trainer starts.
+
+    A reward that raises would stop the GPU run at its first step; here it stops the rehearsal
+    in seconds, naming the row, the answer and the exception.
+    """
+    import pyarrow.parquet as pq
+
+    from medrl.rewards.user_reward import load_reward_file
+
+    path, name = recipe.reward.get("path"), recipe.reward.get("name", "compute_score")
+    if not path or not recipe.data.get("train"):
+        return
+    fn = load_reward_file(path, name).raw
+    kwargs = dict(recipe.reward.get("kwargs") or {})
+    seen: dict[str, int] = {}
+    for i, row in enumerate(pq.read_table(recipe.data["train"]).to_pylist()):
+        source = str(row.get("data_source"))
+        if seen.get(source, 0) >= rows_per_source:
+            continue
+        seen[source] = seen.get(source, 0) + 1
+        truth = (row.get("reward_model") or {}).get("ground_truth")
+        for answer in (a.replace("{truth}", str(truth)) for a in SMOKE_ANSWERS):
+            try:
+                fn(data_source=source, solution_str=answer, ground_truth=truth,
+                   extra_info=row.get("extra_info"), **kwargs)
+            except Exception as exc:  # whatever it raises, verl's first step would raise it too
+                raise RehearsalError(f"the reward {path}:{name} raises on training row {i} ({source}) with "
+                                     f"answer {answer[:80]!r}: {type(exc).__name__}: {exc}") from exc
+    echo(f"[preflight] reward {Path(path).name}:{name} scored {sum(seen.values())} rows x "
+         f"{len(SMOKE_ANSWERS)} answers without raising")
