@@ -111,7 +111,9 @@ def test_full_merge_bf16_matches_the_shards_and_verl(runs, tmp_path, capsys):
 
     out = tmp_path / "hf"
     assert main(["merge", str(runs / "full"), "--out", str(out)]) == 0
-    assert "verified 57 tensors against 2 shard(s) (bfloat16)" in capsys.readouterr().out
+    # Every tensor of the reference state dict (the model before sharding) was checked against the 2 shards.
+    n_tensors = len(_reference(runs / "full"))
+    assert f"verified {n_tensors} tensors against 2 shard(s) (bfloat16)" in capsys.readouterr().out
     ckpt_hf = runs / "full" / "global_step_1" / "actor" / "huggingface"
     for name in ("chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "processor_config.json"):
         assert (out / name).read_bytes() == (ckpt_hf / name).read_bytes(), name

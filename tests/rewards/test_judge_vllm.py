@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -37,6 +38,9 @@ def judge_server(tiny_model_dir, tmp_path_factory):
     assert cmd[:3] == ["vllm", "serve", str(tiny_model_dir)] and "0.0.0.0" in cmd
     log = tmp_path_factory.mktemp("judge") / "server.log"
     env = apply_engine_env(dict(os.environ))
+    # The sbatch script sources the venv before `vllm serve`; the same PATH here (make runs .venv/bin/python
+    # without activating it).
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -161,6 +161,8 @@ def test_format(text, ok):
     ("Yes.", "Yes, there is a pleural effusion.", True), ("No", "Yes, in the left lung.", False),
     ("There is a pleural effusion.", "pleural effusion", True),
     ("pneumothorax, effusion, nodule, mass, edema, fracture, cardiomegaly", "effusion", False),
+    # A truth made only of articles keeps them (found by the round-trip property test).
+    ("<answer>the</answer>", "the", True), ("<answer>a lung</answer>", "the", False),
 ])
 def test_vqa(sol, gt, ok):
     assert vqa.compute_score("medrl/vqa", sol, gt)["score"] == (1.0 if ok else 0.0)

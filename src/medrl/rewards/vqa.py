@@ -7,7 +7,8 @@ The truth decides the kind of question:
   (``B``, ``(B)``, ``B.``, ``B)``, ``answer: B``, ``option B``) must agree;
 - otherwise the normalised truth (lower case, no punctuation, no articles) must appear as
   consecutive words of the normalised answer, and the answer may have at most
-  `EXTRA_WORDS` (5) words more than the truth, so that listing everything does not pay.
+  `EXTRA_WORDS` (5) words more than the truth, so that listing everything does not pay
+  (a truth made only of articles keeps them);
 A list of acceptable truths scores 1 when any matches. Range [0, 1].
 """
 
@@ -88,7 +89,10 @@ def match_one(answer: str, truth: str) -> tuple[bool, bool]:
         return got == m.group(1).upper(), got is not None
     a_words = _words(answer)
     if not t_words:
-        return False, bool(a_words)
+        # A truth made only of articles ("the", "A" read as a word) keeps them, or it could never match.
+        t_words, a_words = normalize_text(truth), normalize_text(answer)
+        if not t_words:
+            return False, bool(a_words)
     n = len(t_words)
     ok = len(a_words) <= n + EXTRA_WORDS and any(a_words[i:i + n] == t_words for i in range(len(a_words) - n + 1))
     return ok, bool(a_words)
