@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from medrl.training.env import BACKEND_MODULE
+from medrl.training.env import trainer_mode_overrides
 
 # The traced trainer (`medrl.training.wiring_trace`, imported inside verl's processes) and how
 # the run tells it where to write and which faults to inject.
@@ -177,7 +177,7 @@ def _groups(recs: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def check_reward_truth(recs: list[dict], rows: Rows, reward: Callable[..., float]) -> Check:
+def check_reward_truth(recs: list[dict], rows: Rows) -> Check:
     """Recorded reward == reward(response, own row's truth); the truth that travelled == the row's."""
     bad_truth = [r for r in recs if r["row"] not in rows.truth or str(r["truth"]) != str(rows.truth[r["row"]])]
     bad_score = [r for r in recs if r["row"] in rows.truth and abs(r["true_score"] - r["score"]) > SCORE_TOL]
@@ -285,7 +285,7 @@ def check_trace(trace: dict[int, list[dict]], rows: Rows, reward: Callable[..., 
             r["true_score"] = (reward(rows.data_source[r["row"]], r["response"], rows.truth[r["row"]],
                                       rows.extra[r["row"]]) if r["row"] in rows.truth else math.nan)
         rep = StepReport(step, recs[0].get("fault"))
-        rep.checks = [check_reward_truth(recs, rows, reward), check_groups(recs, n), check_image_row(recs, rows),
+        rep.checks = [check_reward_truth(recs, rows), check_groups(recs, n), check_image_row(recs, rows),
                       check_advantage_order(recs), check_update_direction(recs), check_rollout_sync(recs, step)]
         reports.append(rep)
     return reports
@@ -304,13 +304,8 @@ def format_report(reports: list[StepReport]) -> str:
 
 def traced_overrides(trace_dir: Path, faults: str = "") -> list[str]:
     """Stage overrides that select the traced trainer and reach its Ray processes."""
-    env = "+ray_kwargs.ray_init.runtime_env.env_vars"
-    keys = [
-        f"trainer.v1.trainer_mode={TRAINER_MODE}",
-        f"{env}.VERL_USE_EXTERNAL_MODULES={BACKEND_MODULE},{TRACE_MODULE}",
-        f"{env}.{TRACE_ENV}={trace_dir}",
-    ]
-    return keys + ([f"{env}.{FAULTS_ENV}={faults}"] if faults else [])
+    env = {TRACE_ENV: str(trace_dir), **({FAULTS_ENV: faults} if faults else {})}
+    return trainer_mode_overrides(TRAINER_MODE, TRACE_MODULE, env)
 
 
 def run_traced(model: str, train: str, out: str | os.PathLike, *, val: str | None = None, steps: int = 1,
