@@ -20,6 +20,11 @@ TRAINER_MODE = "medrl_budget"
 MODULE = __name__
 
 
+def next_is_last(trained_s: float, step_s: list[float], budget_s: float) -> bool:
+    """True when the step after the next would end past the budget (predicted from the slowest of the last 3)."""
+    return trained_s + 2 * max(step_s[-3:]) > budget_s
+
+
 def _trainer_class():
     from omegaconf import open_dict
     from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
@@ -43,8 +48,7 @@ def _trainer_class():
             super().on_step_end()
             self.step_s.append(time.monotonic() - self._step_started)
             self.trained_s += self.step_s[-1]
-            next_step = max(self.step_s[-3:])
-            if self.trained_s + 2 * next_step > self.budget_s and self.total_training_steps > self.global_steps + 1:
+            if next_is_last(self.trained_s, self.step_s, self.budget_s) and self.total_training_steps > self.global_steps + 1:
                 # The step after the next one would overrun: make the next one verl's last.
                 self.total_training_steps = self.global_steps + 1
                 print(f"[medrl_budget] {self.trained_s:.0f} s of {self.budget_s:.0f} s trained: "
