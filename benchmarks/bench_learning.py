@@ -23,6 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +34,7 @@ from pathlib import Path
 from medrl.training import learning
 from medrl.training.budget_trainer import BUDGET_ENV, MODULE, TRAINER_MODE
 from medrl.training.env import metrics_env, run_env, trainer_mode_overrides
-from medrl.training.pipeline import _stream, latest_checkpoint, merge
+from medrl.training.pipeline import latest_checkpoint, merge
 from medrl.training.recipes import REPO_ROOT, apply_overrides, load_recipe, resolve_paths
 from medrl.training.verl_command import build_command
 
@@ -55,23 +58,52 @@ def prepare_data(out: Path, n_train: int, n_val: int) -> dict[str, str]:
         subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "sample", "--grounding", "--answer", "short",
                         "--n", str(n), "--seed", str(seed), "--out", str(src)], check=True)
         subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "grounding", str(src / "grounding.json"),
-                        "--split_name", split, "--sft", "--sft_think", "", "--output_dir", str(data),
+                        "--split_name", split, "--sft", "--no-instruction", "--output_dir", str(data),
                         "--no_progress"], check=True, stdout=subprocess.DEVNULL)
     return files
 
 
-def run_stage(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str]) -> float:
-    """Run one stage of the cpu_tiny recipe from `model`; returns its wall seconds."""
+def run_stage(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str],
+              train_budget_s: float | None = None) -> dict[int, float]:
+    """Run one stage of the cpu_tiny recipe from `model`; returns {step: seconds since step 1 began}.
+
+    With `train_budget_s` the trainer is stopped once that much time has passed since its first
+    step began (the SFT arm: verl's SFT trainer has no time limit of its own).
+    """
     keys = [f"data.{k}={v}" for k, v in data.items()] + [f"{stage}.{o}" for o in overrides]
     recipe = resolve_paths(apply_overrides(load_recipe("cpu_tiny"), keys), stage_dir.parent)
-    st = recipe.stage(stage)
-    cmd = build_command(recipe, st, stage_dir, model_path=model)
-    t = time.time()
-    rc = _stream(cmd, {**run_env(recipe.device), **metrics_env(stage_dir)}, stage_dir / "train.log",
-                 lambda line: log(f"  [{stage_dir.name}] {line}"))
-    if rc != 0:
+    cmd = build_command(recipe, recipe.stage(stage), stage_dir, model_path=model)
+    env = {**run_env(recipe.device), **metrics_env(stage_dir)}
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    seen: dict[int, float] = {}
+    began = None
+    with open(stage_dir / "train.log", "a", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, start_new_session=True)
+        for line in proc.stdout:
+            fh.write(line)
+            found = re.match(r"\S*step:(\d+) - ", line.strip())
+            if found:
+                now = time.monotonic()
+                step = int(found.group(1))
+                if began is None:  # step 1's duration is not seen; take the step-2 gap as its length
+                    began = now
+                seen[step] = now - began
+                if step % 10 == 0:
+                    log(f"  [{stage_dir.name}] {step_line(line)}")
+                if train_budget_s is not None and seen[step] >= train_budget_s:
+                    os.killpg(proc.pid, signal.SIGTERM)  # this trainer's own process group
+                    break
+        rc = proc.wait()
+    if rc != 0 and train_budget_s is None:
         raise RuntimeError(f"{stage_dir.name} failed (exit {rc}); see {stage_dir / 'train.log'}")
-    return time.time() - t
+    return seen
+
+
+def step_line(line: str) -> str:
+    """The few figures worth watching in a verl step line."""
+    keep = ("step:", "train/loss", "critic/score/mean", "timing_s/step", "actor/entropy", "val-aux/medrl/grounding/iou")
+    return " ".join(p.strip() for p in line.strip().split(" - ") if p.strip().startswith(keep))[:300]
 
 
 def merged(stage: str, stage_dir: Path, step: int | None = None) -> Path:
@@ -92,23 +124,17 @@ def sft_settings(seed: int, steps: int, save_freq: int) -> list[str]:
             f"trainer.seed={seed}", "trainer.max_ckpt_to_keep=null"]
 
 
-def warmup(seed_dir: Path, seed: int, steps: int, data: dict[str, str]) -> tuple[Path, float]:
-    """Tiny model (this seed's init) + SFT warm-up; returns (merged folder, seconds per SFT step)."""
+def warmup(seed_dir: Path, seed: int, steps: int, data: dict[str, str]) -> Path:
+    """Tiny model (this seed's init) + SFT warm-up; returns the merged warm-up folder."""
     from medrl.training.tiny_model import build_tiny_model
 
     model = seed_dir / "model"
     if not (model / "config.json").is_file():
         build_tiny_model(model, seed=seed)
     stage_dir = seed_dir / "warmup"
-    rate_file = stage_dir / "seconds_per_step.json"
-    if not rate_file.is_file():
-        run_stage("sft", sft_settings(seed, steps, steps // 2), stage_dir, str(model), data)
-        # Seconds per step between the two saved checkpoints: no start-up in it.
-        half = stage_dir / "checkpoints" / f"global_step_{steps // 2}"
-        full = stage_dir / "checkpoints" / f"global_step_{steps}"
-        rate = (full.stat().st_mtime - half.stat().st_mtime) / (steps - steps // 2)
-        rate_file.write_text(json.dumps({"seconds_per_step": rate}))
-    return merged("sft", stage_dir), json.loads(rate_file.read_text())["seconds_per_step"]
+    if not (stage_dir / "merged" / "config.json").is_file():
+        run_stage("sft", sft_settings(seed, steps, steps), stage_dir, str(model), data)
+    return merged("sft", stage_dir)
 
 
 def grpo_arm(seed_dir: Path, arm: str, start: Path, seed: int, budget_s: float, data: dict[str, str],
@@ -130,19 +156,14 @@ def grpo_arm(seed_dir: Path, arm: str, start: Path, seed: int, budget_s: float, 
     return {"curve": curve, "final": final}
 
 
-def sft_arm(seed_dir: Path, start: Path, seed: int, train_s: float, rate: float, data: dict[str, str],
-            points: int = 4) -> dict:
+def sft_arm(seed_dir: Path, start: Path, seed: int, train_s: float, data: dict[str, str], every: int) -> dict:
     """SFT continued from `start` for `train_s` training seconds; checkpoints scored by `medrl eval`."""
     stage_dir = seed_dir / "sft"
-    steps = max(points, round(train_s / rate))
-    every = max(1, steps // points)
-    steps = every * points
-    run_stage("sft", sft_settings(seed + 1000, steps, every), stage_dir, str(start), data)
-    curve = []
-    for k in range(1, points + 1):
-        step = k * every
-        curve.append(learning.evaluate(merged("sft", stage_dir, step), data["val"], stage_dir / f"eval_{step}",
-                                       str(SPEC), step, step * rate))
+    times = run_stage("sft", sft_settings(seed + 1000, 100000, every), stage_dir, str(start), data,
+                      train_budget_s=train_s)
+    saved = sorted(int(p.name.split("_")[-1]) for p in (stage_dir / "checkpoints").glob("global_step_*"))
+    curve = [learning.evaluate(merged("sft", stage_dir, step), data["val"], stage_dir / f"eval_{step}", str(SPEC),
+                               step, times.get(step, math.nan)) for step in saved]
     return {"curve": curve, "final": curve[-1]}
 
 
@@ -150,7 +171,8 @@ def run_seed(out: Path, seed: int, args, data: dict[str, str]) -> dict:
     """All arms of one seed (finished arms are read back, not run again)."""
     seed_dir = out / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
-    start, rate = warmup(seed_dir, seed, args.sft_steps, data)
+    # One warm-up shared by every seed (--start: the seeds then vary the arms only), or one per seed.
+    start = Path(args.start).resolve() if args.start else warmup(seed_dir, seed, args.sft_steps, data)
     res_file = seed_dir / "results.json"
     res = json.loads(res_file.read_text()) if res_file.is_file() else {}
     if "start" not in res:
@@ -161,7 +183,7 @@ def run_seed(out: Path, seed: int, args, data: dict[str, str]) -> dict:
         log(f"seed {seed}: arm {arm}")
         if arm == "sft":
             trained = res.get("grpo", {}).get("curve", [{}])[-1].get("train_s", args.budget_min * 60)
-            got = sft_arm(seed_dir, start, seed, trained, rate, data)
+            got = sft_arm(seed_dir, start, seed, trained, data, args.sft_every)
         else:
             got = grpo_arm(seed_dir, arm, start, seed, args.budget_min * 60, data, args.val_every, args.set)
         res[arm] = {"curve": [p.__dict__ for p in got["curve"]], "final": got["final"].__dict__}
@@ -212,10 +234,13 @@ def main() -> int:
     ap.add_argument("--budget-min", type=float, default=20.0, help="training minutes per GRPO arm")
     ap.add_argument("--sft-steps", type=int, default=300, help="SFT warm-up steps (the RL start level)")
     ap.add_argument("--val-every", type=int, default=10, help="GRPO steps between validations")
+    ap.add_argument("--sft-every", type=int, default=25, help="SFT-arm steps between saved (scored) checkpoints")
     ap.add_argument("--train", type=int, default=1000, help="training images")
     ap.add_argument("--val", type=int, default=300, help="validation images")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--out", default="runs/bench_learning")
+    ap.add_argument("--start", default=None, metavar="HF_DIR",
+                    help="start every seed's arms from this SFT model instead of a warm-up per seed")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra verl keys for the GRPO arms (to try a setting against the recipe's)")
     args = ap.parse_args()
