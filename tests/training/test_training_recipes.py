@@ -228,3 +228,11 @@ def test_cpu_tiny_prompt_length_fits_every_sample_prompt(tmp_path, tiny_model_di
         report = check_file(tmp_path / f"{split}.parquet", processor=str(tiny_model_dir),
                             max_prompt_length=limit, progress=False)
         assert not report["problems"], report["problems"]
+
+
+def test_runtime_env_overrides_stay_strings_for_ray(tmp_path):
+    # Ray refuses runtime_env variables that are not str; Hydra would read 480.0 as a float.
+    recipe = R.resolve_paths(R.apply_overrides(R.load_recipe("cpu_tiny"), [
+        "+ray_kwargs.ray_init.runtime_env.env_vars.MEDRL_TRAIN_BUDGET_S=480.0"]), tmp_path)
+    a = _args(C.build_command(recipe, recipe.stage("grpo"), tmp_path / "grpo", model_path="/m"))
+    assert a["+ray_kwargs.ray_init.runtime_env.env_vars.MEDRL_TRAIN_BUDGET_S"] == "'480.0'"
