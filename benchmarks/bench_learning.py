@@ -64,12 +64,29 @@ def prepare_data(out: Path, n_train: int, n_val: int) -> dict[str, str]:
 
 
 def run_stage(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str],
-              train_budget_s: float | None = None) -> dict[int, float]:
+              train_budget_s: float | None = None, attempts: int = 2) -> dict[int, float]:
     """Run one stage of the cpu_tiny recipe from `model`; returns {step: seconds since step 1 began}.
 
     With `train_budget_s` the trainer is stopped once that much time has passed since its first
-    step began (the SFT arm: verl's SFT trainer has no time limit of its own).
+    step began (the SFT arm: verl's SFT trainer has no time limit of its own). A launch that dies
+    before its first step (Ray's start-up timing out on a crowded machine) is tried again.
     """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _run_once(stage, overrides, stage_dir, model, data, train_budget_s)
+        except StartupError as exc:
+            if attempt == attempts:
+                raise
+            log(f"  [{stage_dir.name}] {exc}; trying again")
+    raise AssertionError("unreachable")
+
+
+class StartupError(RuntimeError):
+    """A trainer that exited before its first step."""
+
+
+def _run_once(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str],
+              train_budget_s: float | None) -> dict[int, float]:
     keys = [f"data.{k}={v}" for k, v in data.items()] + [f"{stage}.{o}" for o in overrides]
     recipe = resolve_paths(apply_overrides(load_recipe("cpu_tiny"), keys), stage_dir.parent)
     cmd = build_command(recipe, recipe.stage(stage), stage_dir, model_path=model)
@@ -96,7 +113,8 @@ def run_stage(stage: str, overrides: list[str], stage_dir: Path, model: str, dat
                     break
         rc = proc.wait()
     if rc != 0 and train_budget_s is None:
-        raise RuntimeError(f"{stage_dir.name} failed (exit {rc}); see {stage_dir / 'train.log'}")
+        kind = StartupError if not seen else RuntimeError
+        raise kind(f"{stage_dir.name} failed (exit {rc}); see {stage_dir / 'train.log'}")
     return seen
 
 
@@ -141,7 +159,8 @@ def grpo_arm(seed_dir: Path, arm: str, start: Path, seed: int, budget_s: float, 
              val_every: int, extra: list[str]) -> dict:
     """One GRPO arm from `start` for `budget_s` training seconds; returns its curve and final figures."""
     stage_dir = seed_dir / arm
-    keys = [f"trainer.total_training_steps=100000", f"trainer.test_freq={val_every}", "trainer.save_freq=-1",
+    keys = [f"trainer.total_training_steps=100000", f"trainer.test_freq={val_every}",
+            "trainer.save_freq=100000",  # > 0: verl saves the last step only
             "trainer.val_before_train=True", f"trainer.validation_data_dir={stage_dir / learning.VALIDATION_DIR}",
             f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}"]
     keys += trainer_mode_overrides(TRAINER_MODE, MODULE, {BUDGET_ENV: str(budget_s)}) + extra
