@@ -34,7 +34,7 @@ SHORT = [
     "grpo.trainer.total_training_steps=2",
     "grpo.trainer.save_freq=1",
     "grpo.trainer.test_freq=2",
-    "grpo.trainer.val_before_train=False",
+    "grpo.trainer.val_before_train=True",
     "grpo.data.max_response_length=24",
 ]
 
@@ -134,9 +134,11 @@ def test_merged_model_loads_in_transformers_and_generates(run):
     moved = [n for n, p in model.state_dict().items() if not torch.equal(p, start.state_dict()[n])]
     assert moved
     answer = sample_answer(out / "final", out / "data" / "val.parquet", max_new_tokens=8)
-    # The first validation row, read as evaluation reads it: its question and its boxes.
-    assert "bounding box" in answer["question"].lower() or "locate" in answer["question"].lower()
-    assert isinstance(json.loads(answer["truth"]), list)
+    # The first validation row, read as evaluation reads it: its question and its one box.
+    from medrl.data.sample import FINDINGS
+
+    assert any(f in answer["question"] for f in FINDINGS)
+    assert len(json.loads(answer["truth"])) == 1
 
 
 @pytest.mark.slow
@@ -145,9 +147,15 @@ def test_summary_has_the_reward_curve(run):
 
     out, _, manifest = run
     summary = write_summary(out, manifest)
-    png = out / "reward_curve.png"
-    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
-    assert "train reward" in summary.read_text()
+    text = summary.read_text()
+    for name in ("reward_curve.png", "learning_curve.png", "before_after.png"):
+        png = out / name
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", name
+        assert f"({name})" in text
+    assert "train reward" in text
+    # Validation before SFT, after SFT (GRPO step 0) and across GRPO, then a plain verdict.
+    assert "random init (before SFT)" in text and "grpo step 0 (= after SFT)" in text and "grpo step 2" in text
+    assert "**What the curve does:** Validation mIoU went from" in text
 
 
 def _wait_for(predicate, timeout_s: float, proc=None, what: str = "") -> None:

@@ -108,7 +108,8 @@ def test_overrides_reach_the_right_place(tmp_path):
     assert r.stage("grpo").overrides["data.max_prompt_length"] == 999 and "max_prompt_length" not in r.data
     assert r.stage("grpo").overrides["trainer.total_training_steps"] == 2
     assert r.stage("sft").overrides["optim.lr"] == 1e-4
-    assert r.stage("sft").overrides["trainer.total_training_steps"] == 100  # untouched
+    assert r.stage("sft").overrides["trainer.total_training_steps"] == recipe.stage("sft").overrides[
+        "trainer.total_training_steps"]  # untouched
     assert r.model == "/my/model" and r.data["train"] == "/d/t.parquet"
     a = _args(C.build_command(r, r.stage(), tmp_path))
     assert a["actor_rollout_ref.model.path"] == "/my/model"
@@ -219,7 +220,9 @@ def test_cpu_tiny_prompt_length_fits_every_sample_prompt(tmp_path, tiny_model_di
 
     recipe = R.load_recipe("cpu_tiny")
     limit = recipe.stage("grpo").overrides["data.max_prompt_length"]
-    (prepare,) = recipe.raw["prepare"]
+    sample, prepare = recipe.raw["prepare"]  # generate the grounding set, then convert it
+    assert sample[0] == "sample"
+    assert main(["prepare", *(str(R._resolve(a, tmp_path)) for a in sample)]) == 0
     assert main(["prepare", *(str(R._resolve(a, tmp_path)) for a in prepare), "--output_dir", str(tmp_path)]) == 0
     for split in ("train", "val"):
         report = check_file(tmp_path / f"{split}.parquet", processor=str(tiny_model_dir),
@@ -250,3 +253,11 @@ def test_a_critic_starts_from_the_policy_model(tmp_path):
     assert a["critic.model.path"] == "/models/policy"
     grpo = R.resolve_paths(R.load_recipe("grpo_grounding"), tmp_path)
     assert "critic.model.path" not in _args(C.build_command(grpo, grpo.stage(), tmp_path / "g", model_path="/m"))
+
+
+def test_runtime_env_overrides_stay_strings_for_ray(tmp_path):
+    # Ray refuses runtime_env variables that are not str; Hydra would read 480.0 as a float.
+    recipe = R.resolve_paths(R.apply_overrides(R.load_recipe("cpu_tiny"), [
+        "+ray_kwargs.ray_init.runtime_env.env_vars.MEDRL_TRAIN_BUDGET_S=480.0"]), tmp_path)
+    a = _args(C.build_command(recipe, recipe.stage("grpo"), tmp_path / "grpo", model_path="/m"))
+    assert a["+ray_kwargs.ray_init.runtime_env.env_vars.MEDRL_TRAIN_BUDGET_S"] == "'480.0'"

@@ -28,9 +28,12 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_sample(args: argparse.Namespace) -> int:
     """Write the generated sample (images + sample.json)."""
-    from medrl.data.sample import write_sample
+    from medrl.data.sample import write_grounding_set, write_sample
 
-    path = write_sample(args.out, n=args.n, seed=args.seed)
+    if args.grounding:
+        path = write_grounding_set(args.out, n=args.n, seed=args.seed, answer=args.answer)
+    else:
+        path = write_sample(args.out, n=args.n, seed=args.seed)
     print(f"wrote {args.n} records to {path}")
     return 0
 
@@ -71,6 +74,10 @@ def register(subparsers) -> None:
     sp.add_argument("--out", required=True)
     sp.add_argument("--n", type=int, default=64)
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--grounding", action="store_true",
+                    help="grounding records only, one finding each (writes grounding.json): a set to learn on")
+    sp.add_argument("--answer", choices=("short", "radvlm"), default="short",
+                    help="--grounding answers: the box alone (short) or RadVLM's sentence around it")
     sp.set_defaults(func=run_sample)
     from medrl.data.prepare_formats import register_formats  # UniMedVL, MeCoVQA, change pairs, mixing
 

@@ -176,6 +176,47 @@ def make_records(n: int, out_dir: Path, seed: int = 0) -> list[dict]:
     return records
 
 
+ANSWER_STYLES = ("short", "radvlm")
+
+
+def grounding_set_records(n: int, out_dir: Path, seed: int = 0, answer: str = "short") -> list[dict]:
+    """Draw `n` images with exactly one finding each into out_dir/images; return grounding records.
+
+    `answer="short"` answers with the box alone (`[0.12, 0.34, 0.56, 0.78]`, about 20 tokens of the
+    tiny tokenizer), `"radvlm"` with RadVLM's sentence around it (about 50).
+    """
+    from PIL import Image
+
+    if answer not in ANSWER_STYLES:
+        raise ValueError(f"answer style must be one of {ANSWER_STYLES}, got {answer!r}")
+    rng = np.random.default_rng(seed)
+    prng = random.Random(seed)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        drawn = draw_chest(rng, 1)
+        rel = f"images/g{seed}_{i:05d}.png"
+        with atomic_path(out_dir / rel) as tmp:
+            Image.fromarray(drawn.pixels, mode="L").save(tmp, format="PNG", optimize=True)
+        name, box, _ = drawn.findings[0]
+        text = _fmt(box) if answer == "short" else grounding_answer(drawn.findings, prng)
+        conv = [("human", prng.choice(GROUNDING_QUESTIONS).format(f=name)), ("gpt", text)]
+        records.append({"id": f"g{seed}-{i:05d}", "image": rel, "dataset": "vindr-cxr",
+                        "conversations": [{"from": a, "value": b} for a, b in conv]})
+    return records
+
+
+def write_grounding_set(out_dir: str | Path, n: int, seed: int = 0, answer: str = "short") -> Path:
+    """Write images/ and grounding.json (`n` one-finding grounding records) under out_dir; returns the JSON path."""
+    out_dir = Path(out_dir)
+    records = grounding_set_records(n, out_dir, seed, answer)
+    path = out_dir / "grounding.json"
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        json.dump(records, fh, indent=1)
+        fh.write("\n")
+    return path
+
+
 def write_sample(out_dir: str | Path, n: int = 64, seed: int = 0) -> Path:
     """Write images/ and sample.json (a RadVLM-like LLaVA array) under out_dir; returns the JSON path."""
     out_dir = Path(out_dir)

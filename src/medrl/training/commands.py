@@ -1,4 +1,4 @@
-"""`medrl tiny-model`, `medrl train`, `medrl pipeline`, `medrl rehearse` and `medrl demo`."""
+"""`medrl tiny-model`, `medrl train`, `medrl pipeline`, `medrl rehearse`, `medrl wiring` and `medrl demo`."""
 
 from __future__ import annotations
 
@@ -103,6 +103,22 @@ def _run_rehearse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_wiring(args: argparse.Namespace) -> int:
+    from medrl.training import wiring
+    from medrl.training.recipes import RecipeError
+
+    try:
+        trace, recipe = wiring.run_traced(args.model, args.train, args.out, steps=args.steps, faults=args.faults,
+                                          recipe=args.recipe, overrides=tuple(args.overrides))
+    except (RecipeError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    reports = wiring.check_run(trace, recipe)
+    print(wiring.format_report(reports))
+    clean = [r for r in reports if not r.fault]
+    return 0 if all(r.passed for r in clean) else 1
+
+
 def register(subparsers) -> None:
     """Add the training sub-commands to the `medrl` parser."""
     p = subparsers.add_parser("tiny-model", help="build a tiny random Qwen2.5-VL offline (tests, rehearsal)")
@@ -135,6 +151,22 @@ def register(subparsers) -> None:
                    help="CPU ranks (FSDP shards and vLLM replicas); 2 also rehearses sharding (default 1: faster)")
     p.add_argument("--dry-run", action="store_true", help="print the changes and the verl command lines, then stop")
     p.set_defaults(func=_run_rehearse)
+    collect_overrides(p)
+
+    p = subparsers.add_parser(
+        "wiring", help="check that each GRPO step's rewards, images and groups reach the right rollouts",
+        description="Run a few traced GRPO steps of a recipe's RL stage (verl's own trainer) and check, per "
+                    "step, against the training parquet: each reward re-scored on its own row's truth, one "
+                    "row/prompt/image per group, the actor's pixels from the right row, advantages ordered as "
+                    "rewards, the update favouring each group's best rollout, the rollout using fresh weights.")
+    p.add_argument("--model", required=True, help="HF folder the RL stage starts from (e.g. <run>/sft/merged)")
+    p.add_argument("--train", required=True, help="the RL training parquet")
+    p.add_argument("--recipe", default="cpu_tiny", help="recipe whose RL stage is traced (default cpu_tiny)")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--faults", default="", help="inject faults, e.g. 2:shuffle_rewards,3:swap_images (tests)")
+    p.add_argument("--out", default="runs/wiring", help="run folder (trace, log)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDE_HELP)
+    p.set_defaults(func=_run_wiring)
     collect_overrides(p)
 
     p = subparsers.add_parser(

@@ -49,3 +49,15 @@ def metrics_env(stage_dir: str | os.PathLike) -> dict[str, str]:
             # Without VERL_FILE_LOGGER_PATH verl writes <root>/<project>/<experiment>.jsonl, root
             # defaulting to the worker's current directory: keep even that inside the run folder.
             "VERL_FILE_LOGGER_ROOT": stage_dir}
+
+
+def trainer_mode_overrides(mode: str, module: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """verl keys that run a trainer medrl registers (`trainer.v1.trainer_mode=mode`, defined in `module`).
+
+    verl looks the mode up in its trainer registry inside the TaskRunner, a Ray worker: the
+    module must be imported there (`VERL_USE_EXTERNAL_MODULES`), and the trainer's own settings
+    travel as environment variables in the job's runtime_env.
+    """
+    prefix = "+ray_kwargs.ray_init.runtime_env.env_vars"
+    keys = [f"trainer.v1.trainer_mode={mode}", f"{prefix}.VERL_USE_EXTERNAL_MODULES={BACKEND_MODULE},{module}"]
+    return keys + [f"{prefix}.{k}={v}" for k, v in (env or {}).items()]

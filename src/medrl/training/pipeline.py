@@ -126,13 +126,19 @@ def merge(local_dir: Path, target: Path, dtype: str, log: Path) -> Path:
 
 
 def _prepare(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> None:
+    """Run the recipe's `prepare:` entries (arguments of `medrl prepare`) into <run>/data.
+
+    An entry starting with `sample` generates data (`medrl prepare sample ... --out DIR`, its own
+    folder); every other entry converts into <run>/data. Nothing runs once data/summary.json exists.
+    """
+    out = run_dir / "data"
     for args in recipe.raw.get("prepare") or []:
-        out = run_dir / "data"
         if (out / "summary.json").is_file():
             continue
         # Paths in the recipe are relative to the repository (or the current folder): resolve them.
-        cmd = [sys.executable, "-m", "medrl.cli", "prepare", *[str(_resolve(a, run_dir)) for a in args],
-               "--output_dir", str(out)]
+        cmd = [sys.executable, "-m", "medrl.cli", "prepare", *[str(_resolve(a, run_dir)) for a in args]]
+        if args[0] != "sample":
+            cmd += ["--output_dir", str(out)]
         echo(f"[data] medrl prepare {' '.join(map(str, args))}")
         if _stream(cmd, env, run_dir / "prepare.log", None) != 0:
             raise RuntimeError(f"data preparation failed; see {run_dir / 'prepare.log'}")

@@ -158,7 +158,7 @@ def _resolve(value: Any, run_dir: Path | None) -> Any:
 
 
 def resolve_paths(recipe: Recipe, run_dir: Path | None) -> Recipe:
-    """A copy of `recipe` with ${run} expanded and data/reward/model paths made absolute."""
+    """A copy of `recipe` with ${run} expanded (also in stage overrides) and data/reward/model paths made absolute."""
     r = copy.deepcopy(recipe)
     r.data = {k: _resolve(v, run_dir) for k, v in r.data.items()}
     if r.model != "tiny":
@@ -166,6 +166,9 @@ def resolve_paths(recipe: Recipe, run_dir: Path | None) -> Recipe:
     if r.reward.get("path"):
         r.reward["path"] = _resolve(r.reward["path"], run_dir)
     r.reward["kwargs"] = {k: _resolve(v, run_dir) for k, v in (r.reward.get("kwargs") or {}).items()}
+    for st in r.stages:  # e.g. trainer.validation_data_dir: ${run}/grpo/validation
+        st.overrides = {k: _resolve(v, run_dir) if isinstance(v, str) and "${run}" in v else v
+                        for k, v in st.overrides.items()}
     return r
 
 

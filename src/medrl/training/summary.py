@@ -1,4 +1,5 @@
-"""A short run summary: the reward curve as an image, key figures, and one answer of the final model."""
+"""A short run summary: what the validation did (before SFT, after SFT, across RL), one validation
+image with its true and predicted boxes before and after RL, the reward curve and key figures."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medrl.atomic import atomic_open, atomic_path
+from medrl.training.recipes import _resolve
 
 
 def read_metrics(stage_dir: Path) -> dict[int, dict[str, Any]]:
@@ -75,11 +77,93 @@ def sample_answer(model_dir: Path, val_parquet: Path, max_new_tokens: int = 160)
     return {"question": question, "truth": str(row.ground_truth), "answer": answer}
 
 
+def before_after_figure(image: Any, truth: list, before: list, after: list, path: Path, title: str) -> Path:
+    """One image with the true boxes (green) and the predicted boxes before (orange) and after (red) RL."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    w, h = image.size
+    fig, ax = plt.subplots(figsize=(4.2, 4.6), dpi=110)
+    ax.imshow(image, cmap="gray")
+    for boxes, color, style, label in ((truth, "lime", "-", "truth"), (before, "orange", "--", "before RL"),
+                                       (after, "red", "-", "after RL")):
+        for i, b in enumerate(boxes):
+            ax.add_patch(Rectangle((b[0] * w, b[1] * h), (b[2] - b[0]) * w, (b[3] - b[1]) * h, fill=False,
+                                   edgecolor=color, linestyle=style, linewidth=2, label=label if i == 0 else None))
+    ax.set_axis_off()
+    ax.legend(loc="lower center", fontsize=7, ncol=3, bbox_to_anchor=(0.5, -0.1))
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _scores(eval_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (eval_dir / "scores.jsonl").read_text().splitlines() if line.strip()]
+
+
+def learning_section(run_dir: Path, manifest: dict[str, Any], rl: str, sft: str | None) -> list[str]:
+    """Validation mIoU before SFT, after SFT and across RL, a plain verdict, and the before/after image."""
+    from medrl.export.rows import original_image, read_rows
+    from medrl.training import learning
+
+    val = manifest.get("data", {}).get("val", {}).get("path")
+    curve = learning.grpo_curve(run_dir / rl)
+    if not val or not curve:
+        return ["(no validation dumps: set trainer.validation_data_dir to see the learning curve)", ""]
+    spec = (manifest.get("recipe", {}).get("content", {}).get("reward", {}).get("kwargs") or {}).get("spec")
+    spec = str(_resolve(spec, run_dir)) if spec else None
+    evals = {}
+    models = [("before SFT", run_dir / "model"), ("after RL", run_dir / rl / "merged")]
+    if sft:
+        models.insert(1, ("before RL", run_dir / sft / "merged"))
+    for label, folder in models:
+        if (folder / "config.json").is_file():
+            out = run_dir / "eval" / label.replace(" ", "_")
+            evals[label] = (learning.evaluate(folder, val, out, spec), out)
+    lines = ["## Learning: validation grounding (greedy answers, IoU with the true box)", "",
+             "| model | step | mIoU | acc@0.5 | reward | rows |", "|---|---|---|---|---|---|"]
+    if "before SFT" in evals:
+        p = evals["before SFT"][0]
+        lines.append(f"| random init (before SFT), medrl eval | - | {p.miou:.3f} | {p.acc50:.3f} | {p.reward:.3f} | {p.n} |")
+    for p in curve:
+        lines.append(f"| {rl} step {p.step}{' (= after SFT)' if p.step == 0 else ''}, verl validation | {p.step} "
+                     f"| {p.miou:.3f} | {p.acc50:.3f} | {p.reward:.3f} | {p.n} |")
+    if "after RL" in evals:
+        p = evals["after RL"][0]
+        lines.append(f"| final model, medrl eval | {curve[-1].step} | {p.miou:.3f} | {p.acc50:.3f} | {p.reward:.3f} | {p.n} |")
+    plot = learning.plot_curves({rl: [curve]}, run_dir / "learning_curve.png", f"{rl}: validation mIoU")
+    first, last = curve[0], curve[-1]
+    mean, se, n = learning.paired_change(learning.validation_rows(run_dir / rl, first.step),
+                                         learning.validation_rows(run_dir / rl, last.step))
+    lines += ["", f"![validation mIoU across {rl}]({plot.name})", "",
+              "**What the curve does:** " + learning.describe_change(
+                  f"after SFT (step {first.step})", f"after {last.step} {rl} steps", mean, se, n, first.miou,
+                  last.miou), ""]
+    if "before RL" in evals and "after RL" in evals:
+        row = read_rows(val, limit=1)[0]
+        before, after = _scores(evals["before RL"][1])[0], _scores(evals["after RL"][1])[0]
+        fig = before_after_figure(original_image(row.images[0]), after.get("true_boxes", []),
+                                  before.get("pred_boxes", []), after.get("pred_boxes", []),
+                                  run_dir / "before_after.png", f"validation row 0 (the first, not picked)")
+        lines += ["## One validation image, before and after RL", "", f"![before and after RL]({fig.name})", "",
+                  f"- truth (green): `{row.ground_truth}`",
+                  f"- before RL (orange, score {before['score']:.2f}): `{before.get('answer', '')[:200]}`",
+                  f"- after RL (red, score {after['score']:.2f}): `{after.get('answer', '')[:200]}`", ""]
+    return lines
+
+
 def write_summary(run_dir: Path, manifest: dict[str, Any], rl_stage: str | None = None) -> Path:
-    """Write summary.md (+ reward_curve.png) into the run folder and return its path."""
+    """Write summary.md (+ learning_curve.png, before_after.png, reward_curve.png) into the run folder."""
     run_dir = Path(run_dir)
     stages = manifest.get("stages", {})
     rl = rl_stage or next((n for n, s in reversed(list(stages.items())) if s.get("trainer") == "ppo"), None)
+    sft = next((n for n, s in stages.items() if s.get("trainer") == "sft"), None)
     lines = [f"# medrl run: {manifest.get('recipe', {}).get('name', '?')}", ""]
     lines.append("| stage | trainer | status | seconds |")
     lines.append("|---|---|---|---|")
@@ -87,36 +171,28 @@ def write_summary(run_dir: Path, manifest: dict[str, Any], rl_stage: str | None 
         lines.append(f"| {name} | {st.get('trainer')} | {st.get('status')} | {manifest['timings_s'].get(name, '')} |")
     lines.append("")
     if rl and (run_dir / rl).is_dir():
+        try:
+            lines += learning_section(run_dir, manifest, rl, sft)
+        except (OSError, ValueError, KeyError) as exc:  # a summary must not hide the run's result
+            lines += [f"(could not evaluate the learning curve: {type(exc).__name__}: {exc})", ""]
         steps = read_metrics(run_dir / rl)
         if steps:
             plot_rewards(steps, run_dir / "reward_curve.png")
-            lines += ["![reward curve](reward_curve.png)", ""]
+            lines += ["## Training", "", "![reward curve](reward_curve.png)", ""]
             last = steps[max(steps)]
             first_x, first_y = _series(steps, "critic/score/mean")
             if first_y:
                 lines.append(f"- train reward: step {first_x[0]} {first_y[0]:.3f} -> step {first_x[-1]} {first_y[-1]:.3f}")
-            for key in ("actor/kl_loss", "actor/grad_norm", "training/rollout_probs_diff_max"):
+            for key in ("actor/kl_loss", "actor/grad_norm", "actor/entropy", "training/rollout_probs_diff_max",
+                        "timing_s/step"):
                 if key in last:
                     lines.append(f"- {key} (last step): {float(last[key]):.3g}")
-            for key in sorted({k for d in steps.values() for k in d if k.startswith("val-core/")}):
-                vx, vy = _series(steps, key)
-                if vy:
-                    lines.append(f"- {key}: " + ", ".join(f"step {x}: {y:.3f}" for x, y in zip(vx, vy)))
-    sft = next((n for n, s in stages.items() if s.get("trainer") == "sft"), None)
     if sft and (run_dir / sft).is_dir():
         steps = read_metrics(run_dir / sft)
         xs, loss = _series(steps, "train/loss")
         if loss:
             lines.append(f"- SFT loss: step {xs[0]} {loss[0]:.3f} -> step {xs[-1]} {loss[-1]:.3f}")
     final = manifest.get("final_model")
-    val = manifest.get("data", {}).get("val", {}).get("path")
-    if final and val:
-        try:
-            ans = sample_answer(Path(final), Path(val))
-            lines += ["", "## The final model, one validation image", "", f"- truth: `{ans['truth']}`",
-                      f"- answer: `{ans['answer'][:300]}`"]
-        except (OSError, ValueError, KeyError) as exc:  # a summary must not hide the run's result
-            lines += ["", f"(could not load the final model for a sample answer: {exc})"]
     lines += ["", f"Final model: `{final}`", f"Total time: {manifest['timings_s'].get('total', '?')} s", ""]
     out = run_dir / "summary.md"
     with atomic_open(out, "w", encoding="utf-8") as fh:

@@ -19,6 +19,9 @@ from medrl.training.recipes import Recipe, RecipeError, Stage
 from medrl.training.verl_keys import check_overrides
 
 
+RUNTIME_ENV_VARS = "ray_kwargs.ray_init.runtime_env.env_vars."
+
+
 class Text(str):
     """A value Hydra must keep a string: Ray wants str env vars, and Hydra reads `1` as int, `false` as bool."""
 
@@ -120,7 +123,8 @@ def stage_overrides(
     for k, v in stage.overrides.items():
         keys.pop(k.lstrip("+"), None)
         keys.pop("+" + k.lstrip("+"), None)
-        keys[k] = v
+        # Ray refuses a runtime_env variable that is not a str (Hydra reads `480` as an int).
+        keys[k] = Text(v) if k.lstrip("+").startswith(RUNTIME_ENV_VARS) and not isinstance(v, Text) else v
     missing = [k for k, v in keys.items() if v is None and k.startswith(("data.train_files", "model.path"))]
     if missing:
         raise RecipeError(f"{recipe.path}: stage {stage.name!r} has no value for {missing}")

@@ -1,0 +1,281 @@
+"""Does GRPO learn on a CPU? Three arms from one SFT warm-up, per seed, on the same wall-time budget.
+
+For each seed: a tiny Qwen2.5-VL (that seed's init), an SFT warm-up on a generated grounding set
+(one finding per image, short answers), then from the same warm-up checkpoint:
+
+  grpo      the cpu_tiny recipe's GRPO stage (IoU + format)
+  shuffled  the same, each training rollout scored against another row's truth (negative control:
+            whatever it gains does not come from the per-row signal)
+  sft       SFT continued for the training time the grpo arm used (the control)
+
+GRPO arms stop when their training time (verl's step time: start-up and validation excluded)
+reaches the budget (`medrl.training.budget_trainer`). GRPO curves come from verl's own greedy
+validation; the SFT arm's checkpoints, and every arm's final model, are generated greedily and
+scored by `medrl eval` with the same reward. Prints validation mIoU, acc@0.5 and reward per arm
+(min / median / max over seeds) and writes learning_curves.png and results.json into --out.
+Finished arms are kept: running it again with more seeds adds them.
+
+    python benchmarks/bench_learning.py [--seeds 1] [--budget-min 20] [--out runs/bench_learning]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from medrl.training import learning
+from medrl.training.budget_trainer import BUDGET_ENV, MODULE, TRAINER_MODE
+from medrl.training.env import metrics_env, run_env, trainer_mode_overrides
+from medrl.training.pipeline import latest_checkpoint, merge
+from medrl.training.recipes import REPO_ROOT, apply_overrides, load_recipe, resolve_paths
+from medrl.training.verl_command import build_command
+
+SHUFFLED_REWARD = REPO_ROOT / "src" / "medrl" / "training" / "shuffled_reward.py"
+SPEC = REPO_ROOT / "recipes" / "rewards" / "grounding.yaml"
+ARMS = ("grpo", "shuffled", "sft")
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def prepare_data(out: Path, n_train: int, n_val: int) -> dict[str, str]:
+    """Generated train/val grounding sets (different image seeds), converted with `medrl prepare`."""
+    data = out / "data"
+    files = {k: str(data / f"{k}.parquet") for k in ("train", "val", "sft_train", "sft_val")}
+    if all(Path(f).is_file() for f in files.values()):
+        return files
+    for split, n, seed in (("train", n_train, 1), ("val", n_val, 2)):
+        src = out / "source" / split
+        subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "sample", "--grounding", "--answer", "short",
+                        "--n", str(n), "--seed", str(seed), "--out", str(src)], check=True)
+        subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "grounding", str(src / "grounding.json"),
+                        "--split_name", split, "--sft", "--no-instruction", "--output_dir", str(data),
+                        "--no_progress"], check=True, stdout=subprocess.DEVNULL)
+    return files
+
+
+def run_stage(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str],
+              train_budget_s: float | None = None, attempts: int = 2) -> dict[int, float]:
+    """Run one stage of the cpu_tiny recipe from `model`; returns {step: seconds since step 1 began}.
+
+    With `train_budget_s` the trainer is stopped once that much time has passed since its first
+    step began (the SFT arm: verl's SFT trainer has no time limit of its own). A launch that dies
+    before its first step (Ray's start-up timing out on a crowded machine) is tried again.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _run_once(stage, overrides, stage_dir, model, data, train_budget_s)
+        except StartupError as exc:
+            if attempt == attempts:
+                raise
+            log(f"  [{stage_dir.name}] {exc}; trying again")
+    raise AssertionError("unreachable")
+
+
+class StartupError(RuntimeError):
+    """A trainer that exited before its first step."""
+
+
+def _run_once(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str],
+              train_budget_s: float | None) -> dict[int, float]:
+    keys = [f"data.{k}={v}" for k, v in data.items()] + [f"{stage}.{o}" for o in overrides]
+    recipe = resolve_paths(apply_overrides(load_recipe("cpu_tiny"), keys), stage_dir.parent)
+    cmd = build_command(recipe, recipe.stage(stage), stage_dir, model_path=model)
+    env = {**run_env(recipe.device), **metrics_env(stage_dir)}
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    seen: dict[int, float] = {}
+    began = None
+    with open(stage_dir / "train.log", "a", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, start_new_session=True)
+        for line in proc.stdout:
+            fh.write(line)
+            found = re.match(r"\S*step:(\d+) - ", line.strip())
+            if found:
+                now = time.monotonic()
+                step = int(found.group(1))
+                if began is None:  # step 1's duration is not seen; take the step-2 gap as its length
+                    began = now
+                seen[step] = now - began
+                if step % 10 == 0:
+                    log(f"  [{stage_dir.name}] {step_line(line)}")
+                if train_budget_s is not None and seen[step] >= train_budget_s:
+                    os.killpg(proc.pid, signal.SIGTERM)  # this trainer's own process group
+                    break
+        rc = proc.wait()
+    if rc != 0 and train_budget_s is None:
+        kind = StartupError if not seen else RuntimeError
+        raise kind(f"{stage_dir.name} failed (exit {rc}); see {stage_dir / 'train.log'}")
+    return seen
+
+
+def step_line(line: str) -> str:
+    """The few figures worth watching in a verl step line."""
+    keep = ("step:", "train/loss", "critic/score/mean", "timing_s/step", "actor/entropy", "val-aux/medrl/grounding/iou")
+    return " ".join(p.strip() for p in line.strip().split(" - ") if p.strip().startswith(keep))[:300]
+
+
+def merged(stage: str, stage_dir: Path, step: int | None = None) -> Path:
+    """Merge a stage's last (or given) checkpoint into <stage_dir>/merged[_step]."""
+    st = load_recipe("cpu_tiny").stage(stage)
+    src = latest_checkpoint(st, stage_dir)
+    target = stage_dir / "merged"
+    if step is not None:
+        src = stage_dir / "checkpoints" / f"global_step_{step}"
+        target = stage_dir / f"merged_{step}"
+    if not (target / "config.json").is_file():
+        merge(src, target, "fp32", stage_dir / "merge.log")
+    return target
+
+
+def sft_settings(seed: int, steps: int, save_freq: int) -> list[str]:
+    return [f"trainer.total_training_steps={steps}", f"trainer.save_freq={save_freq}", "trainer.test_freq=-1",
+            f"trainer.seed={seed}", "trainer.max_ckpt_to_keep=null"]
+
+
+def warmup(seed_dir: Path, seed: int, steps: int, data: dict[str, str]) -> Path:
+    """Tiny model (this seed's init) + SFT warm-up; returns the merged warm-up folder."""
+    from medrl.training.tiny_model import build_tiny_model
+
+    model = seed_dir / "model"
+    if not (model / "config.json").is_file():
+        build_tiny_model(model, seed=seed)
+    stage_dir = seed_dir / "warmup"
+    if not (stage_dir / "merged" / "config.json").is_file():
+        run_stage("sft", sft_settings(seed, steps, steps), stage_dir, str(model), data)
+    return merged("sft", stage_dir)
+
+
+def grpo_arm(seed_dir: Path, arm: str, start: Path, seed: int, budget_s: float, data: dict[str, str],
+             val_every: int, extra: list[str]) -> dict:
+    """One GRPO arm from `start` for `budget_s` training seconds; returns its curve and final figures."""
+    stage_dir = seed_dir / arm
+    keys = [f"trainer.total_training_steps=100000", f"trainer.test_freq={val_every}",
+            "trainer.save_freq=100000",  # > 0: verl saves the last step only
+            "trainer.val_before_train=True", f"trainer.validation_data_dir={stage_dir / learning.VALIDATION_DIR}",
+            f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}"]
+    keys += trainer_mode_overrides(TRAINER_MODE, MODULE, {BUDGET_ENV: str(budget_s)}) + extra
+    if arm == "shuffled":
+        keys += [f"reward.custom_reward_function.path={SHUFFLED_REWARD}",
+                 f"+reward.custom_reward_function.reward_kwargs.truths={data['train']}",
+                 f"+reward.custom_reward_function.reward_kwargs.shuffle_seed={seed}"]
+    run_stage("grpo", keys, stage_dir, str(start), data)
+    curve = learning.grpo_curve(stage_dir)
+    final = learning.evaluate(merged("grpo", stage_dir), data["val"], stage_dir / "eval", str(SPEC),
+                              curve[-1].step, curve[-1].train_s)
+    return {"curve": curve, "final": final}
+
+
+def sft_arm(seed_dir: Path, start: Path, seed: int, train_s: float, data: dict[str, str], every: int) -> dict:
+    """SFT continued from `start` for `train_s` training seconds; checkpoints scored by `medrl eval`."""
+    stage_dir = seed_dir / "sft"
+    times = run_stage("sft", sft_settings(seed + 1000, 100000, every), stage_dir, str(start), data,
+                      train_budget_s=train_s)
+    saved = sorted(int(p.name.split("_")[-1]) for p in (stage_dir / "checkpoints").glob("global_step_*"))
+    curve = [learning.evaluate(merged("sft", stage_dir, step), data["val"], stage_dir / f"eval_{step}", str(SPEC),
+                               step, times.get(step, math.nan)) for step in saved]
+    return {"curve": curve, "final": curve[-1]}
+
+
+def run_seed(out: Path, seed: int, args, data: dict[str, str]) -> dict:
+    """All arms of one seed (finished arms are read back, not run again)."""
+    seed_dir = out / f"seed{seed}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    # One warm-up shared by every seed (--start: the seeds then vary the arms only), or one per seed.
+    start = Path(args.start).resolve() if args.start else warmup(seed_dir, seed, args.sft_steps, data)
+    res_file = seed_dir / "results.json"
+    res = json.loads(res_file.read_text()) if res_file.is_file() else {}
+    if "start" not in res:
+        res["start"] = learning.evaluate(start, data["val"], seed_dir / "warmup" / "eval", str(SPEC)).__dict__
+    for arm in args.arms:
+        if arm in res:
+            continue
+        log(f"seed {seed}: arm {arm}")
+        if arm == "sft":
+            trained = res.get("grpo", {}).get("curve", [{}])[-1].get("train_s", args.budget_min * 60)
+            got = sft_arm(seed_dir, start, seed, trained, data, args.sft_every)
+        else:
+            got = grpo_arm(seed_dir, arm, start, seed, args.budget_min * 60, data, args.val_every, args.set)
+        res[arm] = {"curve": [p.__dict__ for p in got["curve"]], "final": got["final"].__dict__}
+        res_file.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def arm_curve(res: dict, arm: str) -> list[learning.ValPoint]:
+    """An arm's validation curve; the SFT arm's starts at the warm-up's own evaluation."""
+    points = [learning.ValPoint(**p) for p in res[arm]["curve"]]
+    return ([learning.ValPoint(**res["start"])] if arm == "sft" else []) + points
+
+
+def table(results: dict[int, dict], arms: list[str]) -> str:
+    """Per arm: start and final validation figures and the gain, min / median / max over seeds."""
+    seeds = sorted(results)
+    lines = [f"{len(seeds)} seed(s): {seeds}; figures are min / median / max over seeds (final model, medrl eval)",
+             f"{'arm':<9} {'train min':>10} {'mIoU':>20} {'gain mIoU':>23} {'acc@0.5':>20} {'reward':>20}"]
+
+    def fmt(vals, sign=False):
+        lo, med, hi = learning.spread(vals)
+        f = "{:+.3f}" if sign else "{:.3f}"
+        return f"{f.format(lo)}/{f.format(med)}/{f.format(hi)}"
+
+    start = [results[s]["start"] for s in seeds]
+    lines.append(f"{'start':<9} {'0':>10} {fmt([p['miou'] for p in start]):>20} {'':>23} "
+                 f"{fmt([p['acc50'] for p in start]):>20} {fmt([p['reward'] for p in start]):>20}")
+    for arm in arms:
+        fin = [results[s][arm]["final"] for s in seeds if arm in results[s]]
+        if not fin:
+            continue
+        gains = [results[s][arm]["final"]["miou"] - results[s]["start"]["miou"] for s in seeds if arm in results[s]]
+        mins = fmt([p["train_s"] / 60 for p in fin]).split("/")[1]
+        lines.append(f"{arm:<9} {mins:>10} {fmt([p['miou'] for p in fin]):>20} {fmt(gains, True):>23} "
+                     f"{fmt([p['acc50'] for p in fin]):>20} {fmt([p['reward'] for p in fin]):>20}")
+    if all("grpo" in results[s] and "shuffled" in results[s] for s in seeds):
+        margin = [results[s]["grpo"]["final"]["miou"] - results[s]["shuffled"]["final"]["miou"] for s in seeds]
+        lines.append(f"grpo gain minus shuffled gain, per seed: {', '.join(f'{m:+.3f}' for m in margin)}")
+    if all("grpo" in results[s] and "sft" in results[s] for s in seeds):
+        margin = [results[s]["grpo"]["final"]["miou"] - results[s]["sft"]["final"]["miou"] for s in seeds]
+        lines.append(f"grpo minus equal-time sft, per seed:     {', '.join(f'{m:+.3f}' for m in margin)}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=1, help="number of seeds (0, 1, ...)")
+    ap.add_argument("--budget-min", type=float, default=20.0, help="training minutes per GRPO arm")
+    ap.add_argument("--sft-steps", type=int, default=300, help="SFT warm-up steps (the RL start level)")
+    ap.add_argument("--val-every", type=int, default=10, help="GRPO steps between validations")
+    ap.add_argument("--sft-every", type=int, default=25, help="SFT-arm steps between saved (scored) checkpoints")
+    ap.add_argument("--train", type=int, default=1000, help="training images")
+    ap.add_argument("--val", type=int, default=300, help="validation images")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--out", default="runs/bench_learning")
+    ap.add_argument("--start", default=None, metavar="HF_DIR",
+                    help="start every seed's arms from this SFT model instead of a warm-up per seed")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra verl keys for the GRPO arms (to try a setting against the recipe's)")
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    data = prepare_data(out, args.train, args.val)
+    results = {}
+    for seed in range(args.seeds):
+        results[seed] = run_seed(out, seed, args, data)
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "seeds": results}, indent=1))
+    curves = {arm: [arm_curve(results[s], arm) for s in results if arm in results[s]] for arm in args.arms}
+    plot = learning.plot_curves(curves, out / "learning_curves.png",
+                                f"validation mIoU, {len(results)} seed(s), {args.budget_min:g} min per arm")
+    print(table(results, args.arms))
+    print(f"plot: {plot}\nresults: {out / 'results.json'}")
+    return 0 if all(not math.isnan(results[s]["start"]["miou"]) for s in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Learning measurements: validation curves from verl's dumps, the paired verdict, the controls."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from medrl.training import learning
+
+
+def _dump(folder, step, ious, scores=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{step}.jsonl", "w") as fh:
+        for i, v in enumerate(ious):
+            fh.write(json.dumps({"input": f"q{i}", "gts": f"[[{i}]]", "output": "x", "iou": v,
+                                 "score": (scores or ious)[i] * 0.9, "step": step}) + "\n")
+
+
+def test_grpo_curve_reads_dumps_and_places_them_on_training_time(tmp_path):
+    stage = tmp_path / "grpo"
+    _dump(stage / "validation", 0, [0.2, 0.6, float("nan")])
+    _dump(stage / "validation", 2, [0.4, 0.8, 0.5])
+    with open(stage / "metrics.jsonl", "w") as fh:
+        for step, secs in ((1, 10.0), (2, 12.5)):
+            fh.write(json.dumps({"step": step, "data": {"timing_s/step": secs}}) + "\n")
+    first, last = learning.grpo_curve(stage)
+    assert (first.step, first.train_s, last.step, last.train_s) == (0, 0.0, 2, 22.5)
+    assert first.miou == pytest.approx(0.8 / 3)  # NaN (no IoU read) counts as a miss
+    assert first.acc50 == pytest.approx(1 / 3) and last.acc50 == pytest.approx(2 / 3)
+    assert last.reward == pytest.approx(0.9 * 1.7 / 3)
+    mean, se, n = learning.paired_change(learning.validation_rows(stage, 0), learning.validation_rows(stage, 2))
+    assert n == 3 and mean == pytest.approx((0.2 + 0.2 + 0.5) / 3) and se > 0
+
+
+def test_describe_change_says_rise_fall_or_noise():
+    assert learning.describe_change("a", "b", 0.05, 0.01, 100, 0.3, 0.35).endswith("a rise.")
+    assert learning.describe_change("a", "b", -0.05, 0.01, 100, 0.3, 0.25).endswith("a fall.")
+    assert "no change beyond noise" in learning.describe_change("a", "b", 0.01, 0.01, 100, 0.3, 0.31)
+    assert "no paired rows" in learning.describe_change("a", "b", math.nan, math.nan, 0, 0.3, 0.3)
+
+
+def test_shuffled_reward_scores_training_rows_against_another_rows_truth(tmp_path):
+    from medrl.training import shuffled_reward
+
+    truths = [f"[[0.{i}1, 0.{i}1, 0.{i}5, 0.{i}5]]" for i in range(1, 6)]
+    path = tmp_path / "train.parquet"
+    pd.DataFrame({"reward_model": [{"ground_truth": t} for t in truths],
+                  "extra_info": [{"index": i, "split": "train"} for i in range(5)]}).to_parquet(path)
+    donors = shuffled_reward.donor_truths(str(path), 0)
+    assert sorted(donors.values()) == sorted(truths) and all(donors[i] != truths[i] for i in range(5))
+    answer = truths[0][1:-1]  # the row's own box, exactly
+    own = shuffled_reward.compute_score("medrl/grounding", answer, truths[0], {"index": 0, "split": "val"},
+                                        truths=str(path))
+    moved = shuffled_reward.compute_score("medrl/grounding", answer, truths[0], {"index": 0, "split": "train"},
+                                          truths=str(path))
+    assert own["iou"] == pytest.approx(1.0)  # validation keeps its own truth
+    assert moved["iou"] < 1.0  # training is scored against another row's box
+
+
+def test_budget_rule_stops_before_the_step_that_would_overrun():
+    from medrl.training.budget_trainer import next_is_last
+
+    assert not next_is_last(100.0, [10.0, 10.0], 200.0)
+    assert next_is_last(185.0, [10.0, 10.0], 200.0)  # 185 + 10 fits, 185 + 20 does not
+    assert next_is_last(150.0, [10.0, 30.0, 10.0], 200.0)  # a slow recent step counts
