@@ -142,7 +142,9 @@ def reports(tmp_path_factory):
                     "--no_progress"], check=True, capture_output=True)
     trace, recipe = wiring.run_traced(
         str(model), str(tmp / "data" / "train.parquet"), tmp / "run", steps=5, faults=FAULTS,
-        overrides=(f"reward.path={reward}", "data.train_batch_size=8", "data.max_response_length=24"),
+        # cpu_tiny's own batch, group size and updates; the bundled sample's prompts are up to 406
+        # tokens (cpu_tiny's generated data: about 80).
+        overrides=(f"reward.path={reward}", "data.max_prompt_length=448", "data.max_response_length=24"),
         echo=lambda line: print(line, flush=True))
     reps = wiring.check_run(trace, recipe)
     print(wiring.format_report(reps))

@@ -14,7 +14,8 @@ from medrl.atomic import atomic_path
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on clusters or CI
@@ -23,10 +24,11 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` as a PNG atomically, close it, return `path`."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -34,7 +36,7 @@ def reward_histogram(models: dict[str, Sequence[dict]], path: Path) -> Path | No
     """Histogram of the reward score per model, overlaid."""
     if not any(models.values()):
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = [i / 20 for i in range(21)]
     for (name, recs), color in zip(models.items(), COLORS):
@@ -44,7 +46,7 @@ def reward_histogram(models: dict[str, Sequence[dict]], path: Path) -> Path | No
     ax.set_ylabel("rows")
     ax.set_title("Reward distribution")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def iou_distribution(models: dict[str, Sequence[dict]], path: Path) -> Path | None:
@@ -53,7 +55,7 @@ def iou_distribution(models: dict[str, Sequence[dict]], path: Path) -> Path | No
             for n, recs in models.items()}
     if not any(vals.values()):
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = [i / 20 for i in range(21)]
     for (name, v), color in zip(vals.items(), COLORS):
@@ -64,7 +66,7 @@ def iou_distribution(models: dict[str, Sequence[dict]], path: Path) -> Path | No
     ax.set_ylabel("rows")
     ax.set_title("IoU distribution (grounding rows with boxes)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def category_bars(summaries: dict[str, dict], path: Path, group: str = "by_category") -> Path | None:
@@ -74,7 +76,7 @@ def category_bars(summaries: dict[str, dict], path: Path, group: str = "by_categ
         cats.extend(c for c in s[group] if c not in cats)
     if not cats:
         return None
-    plt = _plt()
+    plt = pyplot()
     width = 0.8 / max(1, len(summaries))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(cats) * max(1, len(summaries)) + 1.5), 3.8))
     for m, ((name, s), color) in enumerate(zip(summaries.items(), COLORS)):
@@ -90,14 +92,14 @@ def category_bars(summaries: dict[str, dict], path: Path, group: str = "by_categ
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Reward per {group.removeprefix('by_').replace('_', ' ')}")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def box_overlay(image: Any, record: dict, path: Path, title: str = "") -> Path | None:
     """One image with true boxes (green) and predicted boxes (red, dashed), boxes given in [0, 1]."""
     if image is None:
         return None
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     w, h = image.size
@@ -109,4 +111,4 @@ def box_overlay(image: Any, record: dict, path: Path, title: str = "") -> Path |
                                    edgecolor=color, linestyle=style, linewidth=2))
     ax.set_axis_off()
     ax.set_title(title or f"row {record['index']}: score {record['score']:.2f} (green truth, red model)", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

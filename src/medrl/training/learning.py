@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medrl.atomic import atomic_path
-from medrl.training.summary import read_metrics
+from medrl.export.plots import pyplot, save_figure
 
 VALIDATION_DIR = "validation"  # trainer.validation_data_dir, inside the stage folder
 ACC_IOU = 0.5
@@ -33,6 +33,22 @@ class ValPoint:
     acc50: float  # share of rows with IoU >= 0.5
     reward: float
     n: int
+
+
+def read_metrics(stage_dir: Path) -> dict[int, dict[str, Any]]:
+    """Merge a stage's verl file-logger records (all attempts) into {step: metrics}."""
+    steps: dict[int, dict[str, Any]] = {}
+    files = sorted(stage_dir.glob("metrics.*.jsonl")) + sorted(stage_dir.glob("metrics.jsonl"))
+    for path in files:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not a JSON line: {exc}") from exc
+            steps.setdefault(int(rec["step"]), {}).update(rec.get("data", {}))
+    return steps
 
 
 def point(step: int, train_s: float, ious: Sequence[float], scores: Sequence[float]) -> ValPoint:
@@ -97,10 +113,7 @@ def read_points(path: Path) -> list[ValPoint]:
 
 def plot_curves(curves: dict[str, list[list[ValPoint]]], path: Path, title: str = "validation mIoU") -> Path:
     """Validation mIoU against training minutes: one colour per arm, one line per seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
     for (arm, runs), color in zip(curves.items(), ("tab:blue", "tab:gray", "tab:orange", "tab:green")):
@@ -114,10 +127,7 @@ def plot_curves(curves: dict[str, list[list[ValPoint]]], path: Path, title: str 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def validation_rows(stage_dir: str | Path, step: int) -> dict[str, float]:

@@ -7,24 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medrl.atomic import atomic_open, atomic_path
+from medrl.atomic import atomic_open
+from medrl.export.plots import pyplot, save_figure
+from medrl.training import learning
+from medrl.training.learning import read_metrics
 from medrl.training.recipes import _resolve
-
-
-def read_metrics(stage_dir: Path) -> dict[int, dict[str, Any]]:
-    """Merge a stage's verl file-logger records (all attempts) into {step: metrics}."""
-    steps: dict[int, dict[str, Any]] = {}
-    files = sorted(stage_dir.glob("metrics.*.jsonl")) + sorted(stage_dir.glob("metrics.jsonl"))
-    for path in files:
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON line: {exc}") from exc
-            steps.setdefault(int(rec["step"]), {}).update(rec.get("data", {}))
-    return steps
 
 
 def _series(steps: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
@@ -34,10 +21,7 @@ def _series(steps: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
 
 def plot_rewards(steps: dict[int, dict], out: Path) -> Path:
     """Plot the training reward (mean +- min/max) and validation reward against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     xs, mean = _series(steps, "critic/score/mean")
@@ -57,10 +41,7 @@ def plot_rewards(steps: dict[int, dict], out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def sample_answer(model_dir: Path, val_parquet: Path, max_new_tokens: int = 160) -> dict[str, str]:
@@ -79,10 +60,7 @@ def sample_answer(model_dir: Path, val_parquet: Path, max_new_tokens: int = 160)
 
 def before_after_figure(image: Any, truth: list, before: list, after: list, path: Path, title: str) -> Path:
     """One image with the true boxes (green) and the predicted boxes before (orange) and after (red) RL."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     w, h = image.size
@@ -97,20 +75,24 @@ def before_after_figure(image: Any, truth: list, before: list, after: list, path
     ax.legend(loc="lower center", fontsize=7, ncol=3, bbox_to_anchor=(0.5, -0.1))
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _scores(eval_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (eval_dir / "scores.jsonl").read_text().splitlines() if line.strip()]
 
 
+def _response_length(manifest: dict[str, Any], rl: str, default: int = 64) -> int:
+    """The RL stage's data.max_response_length: what verl's validation lets a model answer."""
+    for stage in manifest.get("recipe", {}).get("content", {}).get("stages") or []:
+        if stage.get("name") == rl:
+            return int((stage.get("overrides") or {}).get("data.max_response_length", default))
+    return default
+
+
 def learning_section(run_dir: Path, manifest: dict[str, Any], rl: str, sft: str | None) -> list[str]:
     """Validation mIoU before SFT, after SFT and across RL, a plain verdict, and the before/after image."""
     from medrl.export.rows import original_image, read_rows
-    from medrl.training import learning
 
     val = manifest.get("data", {}).get("val", {}).get("path")
     curve = learning.grpo_curve(run_dir / rl)
@@ -125,7 +107,8 @@ def learning_section(run_dir: Path, manifest: dict[str, Any], rl: str, sft: str 
     for label, folder in models:
         if (folder / "config.json").is_file():
             out = run_dir / "eval" / label.replace(" ", "_")
-            evals[label] = (learning.evaluate(folder, val, out, spec), out)
+            evals[label] = (learning.evaluate(folder, val, out, spec, max_new_tokens=_response_length(manifest, rl)),
+                            out)
     lines = ["## Learning: validation grounding (greedy answers, IoU with the true box)", "",
              "| model | step | mIoU | acc@0.5 | reward | rows |", "|---|---|---|---|---|---|"]
     if "before SFT" in evals:
@@ -150,7 +133,7 @@ def learning_section(run_dir: Path, manifest: dict[str, Any], rl: str, sft: str 
         before, after = _scores(evals["before RL"][1])[0], _scores(evals["after RL"][1])[0]
         fig = before_after_figure(original_image(row.images[0]), after.get("true_boxes", []),
                                   before.get("pred_boxes", []), after.get("pred_boxes", []),
-                                  run_dir / "before_after.png", f"validation row 0 (the first, not picked)")
+                                  run_dir / "before_after.png", "validation row 0 (the first, not picked)")
         lines += ["## One validation image, before and after RL", "", f"![before and after RL]({fig.name})", "",
                   f"- truth (green): `{row.ground_truth}`",
                   f"- before RL (orange, score {before['score']:.2f}): `{before.get('answer', '')[:200]}`",
