@@ -10,21 +10,29 @@ import os
 from typing import MutableMapping
 
 
-def engine_env(kv_cache_gib: int = 1) -> dict[str, str]:
-    """Environment for vLLM's CPU engine processes (strings: Ray refuses other env values)."""
-    return {
-        # vLLM's CPU KV cache is sized in GiB by this variable (gpu_memory_utilization is ignored
-        # on a CPU); its default takes a large share of the host's memory per engine.
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+def engine_env(kv_cache_gib: int | None = 1) -> dict[str, str]:
+    """Environment for vLLM's CPU engine processes (strings: Ray refuses other env values).
+
+    `kv_cache_gib=None` leaves the KV cache size to the engine arguments (training sets
+    `kv_cache_memory_bytes` on its rollout, finer than this variable's whole GiB).
+    """
+    env = {
         # vLLM binds its OpenMP threads to cores by default; several engines and the FSDP workers
         # share a small host, and binding them all to the same cores serialises them.
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     }
+    if kv_cache_gib is not None:
+        # vLLM's CPU KV cache is sized in GiB by this variable (gpu_memory_utilization is ignored
+        # on a CPU); its default takes a large share of the host's memory per engine. When set,
+        # it overrides the kv_cache_memory_bytes engine argument.
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    return env
 
 
-def apply_engine_env(env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
-    """Set `engine_env()` in `env` (default os.environ) where the user has not set it already."""
+def apply_engine_env(env: MutableMapping[str, str] | None = None,
+                     kv_cache_gib: int | None = 1) -> MutableMapping[str, str]:
+    """Set `engine_env(kv_cache_gib)` in `env` (default os.environ) where the user has not set it already."""
     env = os.environ if env is None else env
-    for key, value in engine_env().items():
+    for key, value in engine_env(kv_cache_gib).items():
         env.setdefault(key, value)
     return env

