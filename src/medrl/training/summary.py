@@ -10,7 +10,6 @@ from typing import Any
 from medrl.atomic import atomic_open
 from medrl.export.plots import pyplot, save_figure
 from medrl.training import learning
-from medrl.training.learning import read_metrics
 from medrl.training.recipes import _resolve
 
 
@@ -158,7 +157,7 @@ def write_summary(run_dir: Path, manifest: dict[str, Any], rl_stage: str | None 
             lines += learning_section(run_dir, manifest, rl, sft)
         except (OSError, ValueError, KeyError) as exc:  # a summary must not hide the run's result
             lines += [f"(could not evaluate the learning curve: {type(exc).__name__}: {exc})", ""]
-        steps = read_metrics(run_dir / rl)
+        steps = learning.read_metrics(run_dir / rl)
         if steps:
             plot_rewards(steps, run_dir / "reward_curve.png")
             lines += ["## Training", "", "![reward curve](reward_curve.png)", ""]
@@ -171,7 +170,7 @@ def write_summary(run_dir: Path, manifest: dict[str, Any], rl_stage: str | None 
                 if key in last:
                     lines.append(f"- {key} (last step): {float(last[key]):.3g}")
     if sft and (run_dir / sft).is_dir():
-        steps = read_metrics(run_dir / sft)
+        steps = learning.read_metrics(run_dir / sft)
         xs, loss = _series(steps, "train/loss")
         if loss:
             lines.append(f"- SFT loss: step {xs[0]} {loss[0]:.3f} -> step {xs[-1]} {loss[-1]:.3f}")
