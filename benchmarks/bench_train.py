@@ -139,7 +139,8 @@ def main() -> int:
         steps = verl_steps.get(name, [])[1:] or f["step_times"]
         med = statistics.median(steps) if steps else float("nan")
         print(f"{name:10} {f['startup_s']:10.1f} {med:16.2f} {f['peak_pss_gb']:12.2f} {f['wall_s']:8.1f}")
-    print(f"(GRPO: the cpu_tiny stage's batch, n and response length; SFT: batch 8 on 2 ranks; "
+    print(f"(GRPO: the cpu_tiny stage's batch, n and response length; SFT: batch "
+          f"{sft.overrides['data.train_batch_size']} on {recipe.resources['gpus_per_node']} ranks; "
           f"{psutil.cpu_count()} CPUs; run folder {out})")
     return 0
 
