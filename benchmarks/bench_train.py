@@ -124,7 +124,9 @@ def main() -> int:
         name = f"grpo-{rollout}"
         grpo_dir = out / name
         grpo_dir.mkdir(parents=True, exist_ok=True)
-        stage = apply_overrides(recipe, [f"grpo.actor_rollout_ref.rollout.name={rollout}"]).stage("grpo")
+        # resolve_paths again: apply_overrides rebuilds the stages from the recipe's raw text (${run} unexpanded).
+        stage = resolve_paths(apply_overrides(recipe, [f"grpo.actor_rollout_ref.rollout.name={rollout}"]),
+                              out).stage("grpo")
         genv = dict(env, VERL_FILE_LOGGER_PATH=str(grpo_dir / "metrics.jsonl"))
         figures[name] = run_stage(build_command(recipe, stage, grpo_dir, model_path=str(merged)), genv,
                                   grpo_dir / "train.log")
