@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from medrl.training.env import run_env
+from medrl.training.env import metrics_env, run_env
 from medrl.training.pipeline import _model, _prepare, latest_checkpoint, merge, merge_dtype
 from medrl.training.recipes import apply_overrides, load_recipe, resolve_paths
 from medrl.training.verl_command import build_command
@@ -116,7 +116,9 @@ def main() -> int:
     print("SFT stage ...", flush=True)
     sft_dir = out / "sft"
     sft_dir.mkdir(parents=True, exist_ok=True)
-    figures["sft"] = run_stage(build_command(recipe, sft, sft_dir, model_path=model), env, sft_dir / "train.log")
+    # metrics_env: without it verl's file logger writes medrl/cpu_tiny-sft.jsonl into the current folder.
+    figures["sft"] = run_stage(build_command(recipe, sft, sft_dir, model_path=model), {**env, **metrics_env(sft_dir)},
+                               sft_dir / "train.log")
     merged = merge(latest_checkpoint(sft, sft_dir), sft_dir / "merged", merge_dtype(recipe), sft_dir / "merge.log")
     verl_steps: dict[str, list[float]] = {}
     for rollout in args.rollouts:
