@@ -26,6 +26,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -216,20 +217,36 @@ def arm_curve(res: dict, arm: str) -> list[learning.ValPoint]:
     return ([learning.ValPoint(**res["start"])] if arm == "sft" else []) + points
 
 
-def table(results: dict[int, dict], arms: list[str]) -> str:
+def final_eval_dir(out: Path, seed: int, arm: str, res: dict) -> Path:
+    """The `medrl eval` folder of an arm's final model (the warm-up's for "start")."""
+    seed_dir = out / f"seed{seed}"
+    if arm == "start":
+        return seed_dir / "warmup" / "eval"
+    if arm == "sft":
+        return seed_dir / "sft" / f"eval_{res['sft']['final']['step']}"
+    return seed_dir / arm / "eval"
+
+
+def table(results: dict[int, dict], arms: list[str], out: Path) -> str:
     """Per arm: start and final validation figures and the gain, min / median / max over seeds."""
     seeds = sorted(results)
     lines = [f"{len(seeds)} seed(s): {seeds}; figures are min / median / max over seeds (final model, medrl eval)",
-             f"{'arm':<9} {'train min':>10} {'mIoU':>20} {'gain mIoU':>23} {'acc@0.5':>20} {'reward':>20}"]
+             f"{'arm':<9} {'train min':>10} {'mIoU':>20} {'gain mIoU':>23} {'acc@0.5':>20} {'reward':>20} "
+             f"{'box/true area':>14}"]
 
     def fmt(vals, sign=False):
         lo, med, hi = learning.spread(vals)
         f = "{:+.3f}" if sign else "{:.3f}"
         return f"{f.format(lo)}/{f.format(med)}/{f.format(hi)}"
 
+    def area(arm):  # median over seeds of each final model's median box-area ratio
+        ratios = [learning.box_area_ratio(final_eval_dir(out, s, arm, results[s])) for s in seeds
+                  if arm == "start" or arm in results[s]]
+        return f"{statistics.median(ratios):.2f}"
+
     start = [results[s]["start"] for s in seeds]
     lines.append(f"{'start':<9} {'0':>10} {fmt([p['miou'] for p in start]):>20} {'':>23} "
-                 f"{fmt([p['acc50'] for p in start]):>20} {fmt([p['reward'] for p in start]):>20}")
+                 f"{fmt([p['acc50'] for p in start]):>20} {fmt([p['reward'] for p in start]):>20} {area('start'):>14}")
     for arm in arms:
         fin = [results[s][arm]["final"] for s in seeds if arm in results[s]]
         if not fin:
@@ -237,7 +254,7 @@ def table(results: dict[int, dict], arms: list[str]) -> str:
         gains = [results[s][arm]["final"]["miou"] - results[s]["start"]["miou"] for s in seeds if arm in results[s]]
         mins = fmt([p["train_s"] / 60 for p in fin]).split("/")[1]
         lines.append(f"{arm:<9} {mins:>10} {fmt([p['miou'] for p in fin]):>20} {fmt(gains, True):>23} "
-                     f"{fmt([p['acc50'] for p in fin]):>20} {fmt([p['reward'] for p in fin]):>20}")
+                     f"{fmt([p['acc50'] for p in fin]):>20} {fmt([p['reward'] for p in fin]):>20} {area(arm):>14}")
     if all("grpo" in results[s] and "shuffled" in results[s] for s in seeds):
         margin = [results[s]["grpo"]["final"]["miou"] - results[s]["shuffled"]["final"]["miou"] for s in seeds]
         lines.append(f"grpo gain minus shuffled gain, per seed: {', '.join(f'{m:+.3f}' for m in margin)}")
@@ -272,7 +289,7 @@ def main() -> int:
     curves = {arm: [arm_curve(results[s], arm) for s in results if arm in results[s]] for arm in args.arms}
     plot = learning.plot_curves(curves, out / "learning_curves.png",
                                 f"validation mIoU, {len(results)} seed(s), {args.budget_min:g} min per arm")
-    print(table(results, args.arms))
+    print(table(results, args.arms, out))
     print(f"plot: {plot}\nresults: {out / 'results.json'}")
     return 0 if all(not math.isnan(results[s]["start"]["miou"]) for s in results) else 1
 
