@@ -6,7 +6,8 @@ For each seed: a tiny Qwen2.5-VL (that seed's init), an SFT warm-up on a generat
   grpo      the cpu_tiny recipe's GRPO stage (IoU + format)
   shuffled  the same, each training rollout scored against another row's truth (negative control:
             whatever it gains does not come from the per-row signal)
-  sft       SFT continued for the training time the grpo arm used (the control)
+  sft       SFT continued for the training time the grpo arm used (the control; verl 0.9.1's SFT
+            trainer ignores trainer.seed, so from a shared --start this arm repeats one run)
 
 GRPO arms stop when their training time (verl's step time: start-up and validation excluded)
 reaches the budget (`medrl.training.budget_trainer`). GRPO curves come from verl's own greedy
