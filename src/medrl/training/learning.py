@@ -36,6 +36,11 @@ class ValPoint:
     n: int
 
 
+def _jsonl_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON Lines file written by verl's validation dump or `medrl eval`."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def read_metrics(stage_dir: Path) -> dict[int, dict[str, Any]]:
     """Merge a stage's verl file-logger records (all attempts) into {step: metrics}."""
     steps: dict[int, dict[str, Any]] = {}
@@ -77,7 +82,7 @@ def grpo_curve(stage_dir: str | Path) -> list[ValPoint]:
     seconds = training_seconds(stage_dir)
     points = []
     for path in sorted((stage_dir / VALIDATION_DIR).glob("*.jsonl"), key=lambda p: int(p.stem)):
-        recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        recs = _jsonl_records(path)
         step = int(path.stem)
         points.append(point(step, seconds.get(step, math.nan), [r.get("iou") for r in recs],
                             [float(r["score"]) for r in recs]))
@@ -92,7 +97,7 @@ def evaluate(model_dir: str | Path, val_parquet: str | Path, out_dir: str | Path
     cfg = RunConfig(data=str(val_parquet), out=str(out_dir), reward=reward, batch_size=32,
                     max_new_tokens=max_new_tokens, backend="transformers", progress=False, n_overlays=0)
     run_eval([str(model_dir)], cfg)
-    recs = [json.loads(line) for line in (Path(out_dir) / "scores.jsonl").read_text().splitlines() if line.strip()]
+    recs = _jsonl_records(Path(out_dir) / "scores.jsonl")
     return point(step, train_s, [r.get("metrics", {}).get("iou") for r in recs], [r["score"] for r in recs])
 
 
@@ -103,8 +108,7 @@ def box_area_ratio(eval_dir: str | Path) -> float:
     with boxes that grow and fewer rows over IoU 0.5; this figure shows which.
     """
     ratios = []
-    for line in (Path(eval_dir) / "scores.jsonl").read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line) if line.strip() else {}
+    for rec in _jsonl_records(Path(eval_dir) / "scores.jsonl"):
         pred, true = rec.get("pred_boxes") or [], rec.get("true_boxes") or []
         if len(pred) == 1 and len(true) == 1 and box_area(true[0]) > 0:
             ratios.append(box_area(pred[0]) / box_area(true[0]))
@@ -148,13 +152,10 @@ def plot_curves(curves: dict[str, list[list[ValPoint]]], path: Path, title: str 
 
 def validation_rows(stage_dir: str | Path, step: int) -> dict[str, float]:
     """{row key: IoU} of one of verl's validation dumps; a row is known by its prompt and truth."""
-    path = Path(stage_dir) / VALIDATION_DIR / f"{step}.jsonl"
     out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            iou = r.get("iou")
-            out[f"{r['input']}|{r['gts']}"] = 0.0 if iou is None or iou != iou else float(iou)
+    for r in _jsonl_records(Path(stage_dir) / VALIDATION_DIR / f"{step}.jsonl"):
+        iou = r.get("iou")
+        out[f"{r['input']}|{r['gts']}"] = 0.0 if iou is None or iou != iou else float(iou)
     return out
 
 
