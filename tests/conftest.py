@@ -1,18 +1,100 @@
-"""Shared fixtures: a tiny Qwen2.5-VL built offline once per test session."""
+"""Shared fixtures: a tiny Qwen2.5-VL built offline once per test session; no process outlives its test.
+
+Every process a test starts inherits MEDRL_TEST_SESSION (this session's id). After each test,
+a process carrying it that is no longer a descendant of pytest (Ray daemons, a vLLM engine core,
+a torchrun child whose parent died) gets a grace period to exit, is then ended, and fails the
+test naming it; so do /dev/shm segments the test created and nobody holds. At the end of the
+session every process still carrying the id fails the run, descendants included.
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
+import psutil
 import pytest
+
+from medrl.processes import orphaned_shm, remove_shm, shm_segments, terminate
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every stage a test launches has a time limit: a hang fails its test with the log's tail
+# (medrl.processes.RunTimeout) instead of eating the CI's 90 minutes.
+os.environ.setdefault("MEDRL_STAGE_TIMEOUT_S", "900")
+SESSION_ENV = "MEDRL_TEST_SESSION"
+os.environ[SESSION_ENV] = SESSION = uuid.uuid4().hex
+LEFTOVER_GRACE_S = 30  # Ray and vLLM take a few seconds to shut down after their driver returns
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def session_processes(session: str = SESSION) -> list[psutil.Process]:
+    """Live processes (not zombies, not this one) whose environment carries this test session's id."""
+    found = []
+    for p in psutil.process_iter():
+        if p.pid == os.getpid():
+            continue
+        try:
+            if p.environ().get(SESSION_ENV) == session and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _describe(p: psutil.Process) -> str:
+    try:
+        return f"pid {p.pid} ({p.name()}): {' '.join(p.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {p.pid} (gone)"
+
+
+def stray_processes(keep: set[int], grace_s: float = LEFTOVER_GRACE_S) -> list[str]:
+    """End this session's processes outside `keep` that do not exit within `grace_s`; describe them."""
+    strays = [p for p in session_processes() if p.pid not in keep]
+    if not strays:
+        return []
+    _, alive = psutil.wait_procs(strays, timeout=grace_s)
+    described = [_describe(p) for p in alive]
+    terminate(alive, grace_s=0)
+    return described
+
+
+def _is_helper(p: psutil.Process) -> bool:
+    """multiprocessing's resource tracker: lives as long as pytest by design."""
+    try:
+        return p.ppid() == os.getpid() and "multiprocessing.resource_tracker" in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes(request):
+    """Fail a test that leaves processes (outside pytest's own tree) or shared memory behind."""
+    shm_before = shm_segments()
+    yield
+    # Descendants of pytest are its fixtures' servers (a local Slurm); they are checked at session end.
+    keep = {p.pid for p in psutil.Process().children(recursive=True)}
+    strays = stray_processes(keep)
+    segments = remove_shm(orphaned_shm(shm_segments() - shm_before))
+    problems = [f"process {s}" for s in strays] + [f"/dev/shm/{n} (nobody holds it)" for n in segments]
+    if problems:
+        pytest.fail(f"{request.node.nodeid} left {len(problems)} thing(s) behind (now ended/removed):\n  "
+                    + "\n  ".join(problems), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every process of this test session must be gone when it ends, fixtures' servers included."""
+    keep = {p.pid for p in psutil.Process().children(recursive=True) if _is_helper(p)}
+    strays = stray_processes(keep)
+    if strays:
+        print(f"\nERROR: the test session left {len(strays)} process(es) running (now ended):\n  "
+              + "\n  ".join(strays))
+        session.exitstatus = 1
 
 
 @pytest.fixture(scope="session")

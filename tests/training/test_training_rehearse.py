@@ -22,6 +22,10 @@ from medrl.training.rehearse import RehearsalError, _default, preflight, rehears
 
 GPU_RECIPES = sorted(p.stem for p in (R.REPO_ROOT / "recipes").glob("*.yaml")
                      if R.load_recipe(p.stem).device == "gpu")
+# Recipes whose every stage runs, unchanged, inside a chain that is rehearsed: the chain's
+# rehearsal proves them (test_a_chain_runs_its_recipes_stages_unchanged checks the "unchanged").
+PROVEN_BY_CHAIN = {"sft_warmup": "sft_then_grpo", "grpo_grounding": "sft_then_grpo"}
+REHEARSED = [n for n in GPU_RECIPES if n not in PROVEN_BY_CHAIN]
 # Keys whose value is a path of the run or of this machine: they differ by construction.
 RUN_PATHS = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path", "model.path",
              "trainer.default_local_dir", "+ray_kwargs.ray_init.runtime_env.env_vars.")
@@ -166,8 +170,27 @@ def test_preflight_fails_on_a_prompt_over_the_limit_unless_verl_drops_it(sample_
 # ---- the real thing: every shipped GPU recipe, rehearsed end to end ----
 
 
+@pytest.mark.parametrize("name", sorted(PROVEN_BY_CHAIN))
+def test_a_chain_runs_its_recipes_stages_unchanged(name, tmp_path):
+    """Each stage of the recipe is the chain's stage of that name: the same verl command, key for key."""
+    alone, chain = R.load_recipe(name), R.load_recipe(PROVEN_BY_CHAIN[name])
+    data = {k: f"/data/{k}.parquet" for k in ("train", "val", "sft_train", "sft_val")}
+    alone, chain = (R.resolve_paths(R.apply_overrides(r, [f"data.{k}={v}" for k, v in data.items()]), tmp_path)
+                    for r in (alone, chain))
+    assert alone.resources == chain.resources and alone.model == chain.model
+    assert not alone.reward.get("path") or alone.reward == chain.reward  # an SFT recipe has no reward
+
+    def keys(recipe, st):  # the run's name differs by construction
+        cmd = C.build_command(recipe, st, tmp_path / st.name, model_path="/m")
+        return [a for a in cmd if not a.startswith("trainer.experiment_name=")]
+
+    for st in alone.stages:
+        assert keys(alone, st) == keys(chain, chain.stage(st.name)), \
+            f"{name}/{st.name} differs inside {PROVEN_BY_CHAIN[name]}"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", GPU_RECIPES)
+@pytest.mark.parametrize("name", REHEARSED)
 def test_every_shipped_gpu_recipe_rehearses_green(name, tmp_path):
     out = tmp_path / name
     proc = _rehearse_cli(name, "--out", str(out), timeout=1500)

@@ -11,38 +11,39 @@ Layout of a run folder::
     <stage>/merged/          the stage's HuggingFace folder (medrl.export.merge: verified, fp32 on CPU)
     final -> <last stage>/merged
 
-A stage whose `merged/` folder is complete is skipped when the pipeline is run again; a stage
-that was interrupted is relaunched and verl resumes from its last checkpoint.
+A stage whose `merged/` folder is complete is skipped when the pipeline is run again, if it was
+made from the same command, inputs and code (`medrl.training.fingerprint`); when any of that
+changed, the stage and the stages after it run again and the old stage folder is kept as
+`<stage>.previous`. A stage that was interrupted is relaunched and verl resumes from its last
+checkpoint; the dead attempt's leftover processes and shared memory are cleaned up first.
+Every launched command has a time limit (`timeout_s`, or `MEDRL_STAGE_TIMEOUT_S`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import re
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+
 from medrl.atomic import write_json
+from medrl.processes import RUN_MARKER, clean_leftovers, run_logged
 from medrl.training.env import metrics_env, run_env
+from medrl.training.fingerprint import (digest, file_sha256, length_changed, source_digest, stage_fingerprint,
+                                        what_changed)
 from medrl.training.recipes import Recipe, RecipeError, Stage, _resolve, resolve_paths
 from medrl.training.verl_command import build_command, format_command
 
 DONE = ".medrl_done"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+OWNER = ".medrl_owner.json"
+TIMEOUT_ENV = "MEDRL_STAGE_TIMEOUT_S"
 
 
 def versions() -> dict[str, str]:
@@ -69,19 +70,20 @@ def latest_checkpoint(stage: Stage, stage_dir: Path) -> Path:
     return folder / "actor" if stage.trainer == "ppo" else folder
 
 
-def _stream(cmd: list[str], env: dict[str, str], log: Path, echo: Callable[[str], None] | None) -> int:
-    """Run `cmd`, writing everything to `log` and echoing progress lines."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n")
-        fh.flush()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            fh.write(line)
-            if echo and (" step:" in line or line.startswith("step:") or "Final validation" in line):
-                echo(_short_step_line(line))
-        return proc.wait()
+def default_timeout() -> float | None:
+    """The time limit of one launched command: `MEDRL_STAGE_TIMEOUT_S` seconds, or none."""
+    value = os.environ.get(TIMEOUT_ENV)
+    return float(value) if value else None
+
+
+def stream_to_log(cmd: list[str], env: dict[str, str], log: Path, echo: Callable[[str], None] | None,
+                  timeout_s: float | None = None) -> int:
+    """Run `cmd` in its own process group with a time limit, writing everything to `log` and echoing progress."""
+    def on_line(line: str) -> None:
+        if echo and (" step:" in line or line.startswith("step:") or "Final validation" in line):
+            echo(_short_step_line(line))
+
+    return run_logged(cmd, env, log, on_line, timeout_s if timeout_s is not None else default_timeout())
 
 
 KEY_METRICS = ("critic/score/mean", "actor/kl_loss", "actor/grad_norm", "train/loss", "val/loss",
@@ -132,6 +134,15 @@ def _prepare(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> None:
     folder); every other entry converts into <run>/data. Nothing runs once data/summary.json exists.
     """
     out = run_dir / "data"
+    entries = [[str(a) for a in args] for args in recipe.raw.get("prepare") or []]
+    record = run_dir / "prepare.json"
+    if entries and (out / "summary.json").is_file():
+        made_with = json.loads(record.read_text()) if record.is_file() else None
+        if made_with == entries:
+            return
+        echo(f"[data] the recipe's prepare entries changed since {out} was made; preparing it again "
+             f"(the old folder is kept as data.previous)")
+        _set_aside(out)
     for args in recipe.raw.get("prepare") or []:
         if (out / "summary.json").is_file():
             continue
@@ -140,8 +151,41 @@ def _prepare(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> None:
         if args[0] != "sample":
             cmd += ["--output_dir", str(out)]
         echo(f"[data] medrl prepare {' '.join(map(str, args))}")
-        if _stream(cmd, env, run_dir / "prepare.log", None) != 0:
+        if stream_to_log(cmd, env, run_dir / "prepare.log", None) != 0:
             raise RuntimeError(f"data preparation failed; see {run_dir / 'prepare.log'}")
+    if entries:
+        write_json(record, entries)
+
+
+def _set_aside(folder: Path) -> None:
+    """Keep an outdated folder as `<name>.previous` (replacing an older one) so nothing is lost."""
+    if not folder.exists():
+        return
+    previous = folder.with_name(folder.name + ".previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    folder.rename(previous)
+
+
+def _claim(run_dir: Path, echo: Callable[[str], None]) -> Path:
+    """Make this process the run folder's owner, after ending what a dead earlier run left behind."""
+    owner = run_dir / OWNER
+    if owner.is_file():
+        try:
+            rec = json.loads(owner.read_text())
+            alive = psutil.pid_exists(rec["pid"]) and psutil.Process(rec["pid"]).create_time() == rec["started"]
+        except (ValueError, KeyError, psutil.Error):
+            alive = False
+        if alive and rec["pid"] != os.getpid():
+            raise RecipeError(f"{run_dir} is in use by another medrl run (pid {rec['pid']}); wait for it or stop it")
+    clean_leftovers(run_dir, echo)
+    write_json(owner, {"pid": os.getpid(), "started": psutil.Process().create_time()})
+    return owner
+
+
+def code_version() -> dict[str, str]:
+    """Package versions and medrl's source digest: a change means the stage's code changed."""
+    return {**versions(), "medrl_source": source_digest()}
 
 
 def check_reward(recipe: Recipe) -> None:
@@ -183,10 +227,12 @@ def run_pipeline(
     dry_run: bool = False,
     echo: Callable[[str], None] = print,
     preflight: Callable[[Recipe, str], None] | None = None,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Run (or, with dry_run, print) the recipe's stages in `run_dir`; returns the manifest.
 
     `preflight(recipe, model)` runs once the model and data exist, before the first stage.
+    `timeout_s` limits each launched command (default: `MEDRL_STAGE_TIMEOUT_S`, else none).
     """
     run_dir = Path(run_dir).resolve()
     recipe = resolve_paths(recipe, run_dir)
@@ -215,6 +261,18 @@ def run_pipeline(
 
     check_reward(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
+    owner = _claim(run_dir, echo)
+    try:
+        return _run_stages(recipe, run_dir, selected, manifest, env, echo, preflight, timeout_s)
+    finally:
+        owner.unlink(missing_ok=True)
+
+
+def _run_stages(recipe: Recipe, run_dir: Path, selected: list[Stage], manifest: dict[str, Any],
+                env: dict[str, str], echo: Callable[[str], None],
+                preflight: Callable[[Recipe, str], None] | None, timeout_s: float | None) -> dict[str, Any]:
+    manifest_path = run_dir / "manifest.json"
+    env = {**env, RUN_MARKER: str(run_dir)}  # every process of the run carries it (medrl.processes)
     t0 = time.time()
     model = _model(recipe, run_dir, echo)
     _prepare(recipe, run_dir, env, echo)
@@ -226,19 +284,42 @@ def run_pipeline(
     if preflight is not None:
         preflight(recipe, model)
 
-    last_merged = None
+    last_merged, upstream, code = None, {}, code_version()
+    reward_inputs = [recipe.reward.get("path"), *(recipe.reward.get("kwargs") or {}).values()]
     for st in recipe.stages:
         stage_dir = run_dir / st.name
         merged = stage_dir / "merged"
+        start = (run_dir / st.init_from / "merged") if st.init_from else None
+        cmd = build_command(recipe, st, stage_dir, model_path=str(start) if start else model)
+        # SFT reads the chat-form files, RL the prompt files.
+        data_inputs = [v for k, v in recipe.data.items()
+                       if isinstance(v, str) and k.startswith("sft_") == (st.trainer == "sft")]
+        fp = stage_fingerprint(cmd, data_inputs + reward_inputs, code, upstream.get(st.init_from))
+        recorded = manifest["stages"].get(st.name, {}).get("fingerprint")
+        if st in selected and ((merged / DONE).is_file() or (stage_dir / "checkpoints").is_dir()):
+            changed = what_changed(recorded, fp)
+            if changed:
+                echo(f"[{st.name}] changed since the run in {stage_dir}: " + "; ".join(changed[:6])
+                     + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""))
+                echo(f"[{st.name}] running it again; the old folder is kept as {stage_dir.name}.previous")
+                _set_aside(stage_dir)
+            elif (merged / DONE).is_file() and length_changed(recorded, fp):
+                echo(f"[{st.name}] only its length or bookkeeping changed ({'; '.join(length_changed(recorded, fp))}): "
+                     "going on from its last checkpoint")
+                (merged / DONE).unlink()
+        elif (merged / DONE).is_file() and what_changed(recorded, fp):
+            raise RecipeError(f"stage {st.name!r} in {stage_dir} was made from other settings or inputs "
+                              f"({'; '.join(what_changed(recorded, fp)[:3])}); run it again before the stages "
+                              "after it")
+        # What the later stages start from: the recorded result, unless this stage runs now.
+        upstream[st.name] = digest(recorded if st not in selected and recorded else fp)
         if st not in selected or (merged / DONE).is_file():
             if (merged / DONE).is_file():
-                echo(f"[{st.name}] already done: {merged}")
+                echo(f"[{st.name}] already done (same command, inputs and code): {merged}")
                 last_merged = merged
             continue
-        start = (run_dir / st.init_from / "merged") if st.init_from else None
         if start is not None and not (start / DONE).is_file():
             raise RecipeError(f"stage {st.name!r} starts from {st.init_from!r}, which has not finished")
-        cmd = build_command(recipe, st, stage_dir, model_path=str(start) if start else model)
         stage_env = dict(env)
         metrics = stage_dir / "metrics.jsonl"
         if metrics.is_file():  # verl's file logger truncates; keep the earlier attempt's figures
@@ -246,11 +327,12 @@ def run_pipeline(
             metrics.rename(stage_dir / f"metrics.{n}.jsonl")
         stage_env.update(metrics_env(stage_dir))
         manifest["stages"][st.name] = {"trainer": st.trainer, "command": cmd, "status": "running",
-                                       "init_from": str(start) if start else model}
+                                       "init_from": str(start) if start else model, "fingerprint": fp}
         write_json(manifest_path, manifest)
         echo(f"[{st.name}] {st.trainer} trainer starting (log: {stage_dir / 'train.log'})")
         t = time.time()
-        rc = _stream(cmd, stage_env, stage_dir / "train.log", lambda line, n=st.name: echo(f"[{n}] {line}"))
+        rc = stream_to_log(cmd, stage_env, stage_dir / "train.log", lambda line, n=st.name: echo(f"[{n}] {line}"),
+                           timeout_s)
         manifest["timings_s"][st.name] = round(time.time() - t, 1)
         if rc != 0:
             manifest["stages"][st.name]["status"] = f"failed (exit {rc})"

@@ -96,7 +96,28 @@ def _read(path: Path, seen: tuple = ()) -> dict:
     if "extends" in raw:
         base = _read(find_recipe(path.parent / raw["extends"]), seen + (path,))
         raw = _deep_merge(base, {k: v for k, v in raw.items() if k != "extends"})
+    if isinstance(raw.get("stages"), list):
+        raw["stages"] = [_stage_from(st, path, seen) for st in raw["stages"]]
     return raw
+
+
+def _stage_from(entry: Any, path: Path, seen: tuple) -> Any:
+    """A stage written as `{from: other_recipe.yaml, stage: NAME, init_from: ...}`: that recipe's stage.
+
+    A chain of recipes (SFT warm-up, then GRPO) then runs each stage exactly as its own recipe
+    does, and a rehearsal of the chain proves the recipes it is made of.
+    """
+    if not isinstance(entry, dict) or "from" not in entry:
+        return entry
+    source = _read(find_recipe(path.parent / entry["from"]), seen + (path,))
+    stages = [st for st in source.get("stages") or [] if isinstance(st, dict)]
+    name = entry.get("stage")
+    picked = [st for st in stages if st.get("name", st.get("trainer")) == name] if name else stages
+    if len(picked) != 1:
+        raise RecipeError(f"{path}: stage from {entry['from']!r} needs `stage:` naming one of "
+                          f"{[st.get('name', st.get('trainer')) for st in stages]}")
+    extra = {k: v for k, v in entry.items() if k not in ("from", "stage")}
+    return _deep_merge(picked[0], extra)
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
