@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from medrl.rewards import bleu, change, compose, enhanced, format as fmt, iou, vqa
 
-verl_reward = pytest.importorskip("verl.trainer.ppo.reward")
+import verl.trainer.ppo.reward as verl_reward  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.workers.reward_manager.batch import BatchRewardManager  # noqa: E402
 

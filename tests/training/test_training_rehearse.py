@@ -224,7 +224,9 @@ def test_a_reward_that_raises_inside_the_trainer_fails_the_rehearsal(tmp_path):
                       "    if 'num_turns' in (extra_info or {}):\n"
                       "        raise KeyError('width')\n"
                       "    return 0.0\n")
-    proc = _rehearse_cli("grpo_grounding", f"reward.path={reward}", "--out", str(tmp_path / "r"), timeout=900)
+    # The HF rollout: verl's reward loop is the same, and the run fails about a minute sooner.
+    proc = _rehearse_cli("grpo_grounding", f"reward.path={reward}", "actor_rollout_ref.rollout.name=hf",
+                         "--out", str(tmp_path / "r"), timeout=900)
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "without raising" in proc.stdout  # the preflight ran and passed
     log = (tmp_path / "r" / "grpo" / "train.log").read_text()

@@ -130,8 +130,6 @@ def test_parse_faults_refuses_unknown_names():
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
-    pytest.importorskip("verl")
-    pytest.importorskip("vllm")
     from medrl.training.tiny_model import build_tiny_model
 
     tmp = tmp_path_factory.mktemp("wiring")
