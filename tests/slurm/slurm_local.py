@@ -108,7 +108,9 @@ def start(root: Path, kill_wait: int = 5) -> LocalSlurm:
         run_dir = Path("/run/munge")
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.chown(run_dir, "munge", "munge")
-        subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True)
+        # A system daemon that outlives the session by design: not one of the test session's processes.
+        env = {k: v for k, v in os.environ.items() if k != "MEDRL_TEST_SESSION"}
+        subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True, env=env)
         pid_file = run_dir / "munged.pid"
         for _ in range(50):
             if _munge_ok():
