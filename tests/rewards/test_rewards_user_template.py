@@ -1,4 +1,4 @@
-"""`medrl reward new`, then the walk-through of docs/rewards.md as a new user does it: edit, test, check, spec, score."""
+"""`medrl reward new`, then docs/rewards.md's walk-through as a new user does it: edit, test, check, spec, score."""
 
 from __future__ import annotations
 
