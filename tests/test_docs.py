@@ -13,6 +13,7 @@ import argparse
 import ast
 import contextlib
 import io
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -225,15 +226,15 @@ def test_walkthrough_files_load_as_medrl_loads_them(doc, tmp_path):
             result = reward.raw("medrl/grounding", "<answer>[0.1, 0.2, 0.5, 0.6]</answer>", "[[0.1, 0.2, 0.5, 0.6]]")
             assert isinstance(result, dict) and set(result) == set(reward.keys), f"{doc}: {rel} returned {result}"
         else:
-            spec = compose.load_spec(str(path))
+            spec, used = compose.load_spec(str(path)), set()
             for data_source in compose.route_names(spec):
                 scored = compose.compute_score(data_source, "<think>x</think><answer>[0.1, 0.2, 0.5, 0.6]</answer>",
                                                "[[0.1, 0.2, 0.5, 0.6]]", spec=str(path))
                 assert 0.0 <= scored["score"] <= 1.0, f"{doc}: {rel} scored {scored}"
-                # A reward file the spec names is scored and logged under its name.
-                named = [Path(r).stem for r in files if r.endswith(".py") and Path(r).name in path.read_text()]
-                assert all(scored.get(stem) == scored.get(stem) for stem in named) and set(named) <= set(scored), \
-                    f"{doc}: {rel} does not score {named}: {scored}"
+                used |= {k for k, v in scored.items() if not math.isnan(v)}  # NaN: this route does not use it
+            # A reward file the spec names is scored on some route and logged under its name.
+            named = {Path(r).stem for r in files if r.endswith(".py") and Path(r).name in path.read_text()}
+            assert named <= used, f"{doc}: {rel} never scores {named - used}"
 
 
 def _anchor(heading: str) -> str:
