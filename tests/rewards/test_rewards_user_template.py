@@ -1,4 +1,4 @@
-"""`medrl reward new`, then the README's walk-through as a new user does it: edit, test, check, spec, score."""
+"""`medrl reward new`, then docs/rewards.md's walk-through as a new user does it: edit, test, check, spec, score."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from medrl.cli import main
 
-# The README's edit: a lesion-count rule (the same text as in "Writing your own reward").
+# The docs' edit (docs/rewards.md): a lesion-count rule (the same text as in "Writing your own reward").
 LESION_RULE = textwrap.dedent('''
     from medrl.boxes import parse_boxes
     from medrl.rewards.iou import truth_boxes
