@@ -24,7 +24,8 @@ TASK_METRICS = {
     "report": ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l"),
     "vqa": ("acc",),
 }
-_TASK_OF_REWARD = {"iou": "grounding", "enhanced": "grounding", "bleu": "report", "vqa": "vqa"}
+_TASK_OF_REWARD = {"iou": "grounding", "giou": "grounding", "f1iou": "grounding", "size": "grounding",
+                   "enhanced": "grounding", "bleu": "report", "vqa": "vqa"}
 
 
 @dataclass(frozen=True)

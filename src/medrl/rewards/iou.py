@@ -5,6 +5,10 @@ Empty truth ("no finding"): an answer with no box that states no finding scores
 `no_finding_score` (0.8, as in the seed); any box, or silence, scores 0.
 Non-empty truth and no box: 0. Range [0, 1].
 
+Every row also carries the box-growth monitor (`medrl.rewards.box_growth`): `area_ratio`
+(predicted / true area of the IoU-matched boxes) and `hit50` (share of true boxes matched at
+IoU >= 0.5), so verl logs both beside the score.
+
 `iou_mode: region` scores instead the IoU of the union of predicted boxes against the
 union of true boxes (`medrl.rewards.region_iou`): one box over two adjacent lesions,
 or two boxes over one, is then as good as the truth's own boxes. A drawn box that
@@ -32,10 +36,11 @@ from typing import Any, Sequence
 
 from medrl.boxes import CONVENTIONS, Box, BoxError, match_boxes, parse_boxes, read_truth_boxes, to_norm1
 from medrl.no_finding import states_no_finding
+from medrl.rewards import box_growth
 from medrl.rewards.answer import answer_section
 from medrl.rewards.region_iou import region_iou, region_overlaps
 
-KEYS = ("score", "iou", "n_pred", "n_true", "n_matched", "parsed", "no_finding")
+KEYS = ("score", "iou", "n_pred", "n_true", "n_matched", "parsed", "no_finding", *box_growth.KEYS)
 NO_FINDING_SCORE = 0.8
 IOU_MODES = ("match", "region")
 
@@ -119,6 +124,31 @@ def matched_iou(pred: Sequence[Box], true: Sequence[Box],
     return min(1.0, max(0.0, value)), pairs
 
 
+def no_finding_credit(no_finding: bool, no_finding_score: float = NO_FINDING_SCORE) -> float:
+    """Score of a row whose truth has no box: `no_finding_score` (clipped to [0, 1]) for a stated no finding, else 0."""
+    return min(1.0, max(0.0, float(no_finding_score))) if no_finding else 0.0
+
+
+def read_answer(solution_str: str, ground_truth: Any, extra_info: Any, box_convention: str, kwargs: dict,
+                reward: str = "iou") -> tuple[GroundingParse, int]:
+    """What a grounding reward reads from one row (IoU-matched pairs) and how many boxes it drew, placed or not.
+
+    The one reading every grounding reward shares: answer section, strict truth, lenient boxes in
+    `box_convention`, "states no finding". A truth that does not read gives `truth_error` and no boxes.
+    """
+    if box_convention not in CONVENTIONS:
+        raise ValueError(f"{reward} reward: unknown box_convention {box_convention!r}; expected one of {CONVENTIONS}")
+    answer, _ = answer_section(solution_str)
+    try:
+        true = truth_boxes(ground_truth)
+    except BoxError as exc:
+        return GroundingParse([], [], [], False, box_convention, str(exc)), 0
+    pred, unplaced = predicted_boxes(answer, box_convention, *image_geometry(extra_info, kwargs))
+    n_pred = len(pred) + unplaced
+    no_finding = n_pred == 0 and states_no_finding(answer)
+    return GroundingParse(pred, true, match_boxes(pred, true), no_finding, box_convention), n_pred
+
+
 def score_answer(answer: str, true: Sequence[Box], convention: str = "auto", width: float | None = None,
                  height: float | None = None, min_pixels: int | None = None, max_pixels: int | None = None,
                  no_finding_score: float = NO_FINDING_SCORE, iou_mode: str = "match") -> tuple[dict, list[Box], list]:
@@ -133,10 +163,8 @@ def score_answer(answer: str, true: Sequence[Box], convention: str = "auto", wid
         value, pairs = matched_iou(pred, true, n_pred)
         n_matched = len(pairs)
     no_finding = n_pred == 0 and states_no_finding(answer)
-    if not true:
-        score = min(1.0, max(0.0, float(no_finding_score))) if no_finding else 0.0
-    else:
-        score = value
+    score = value if true else no_finding_credit(no_finding, no_finding_score)
+    growth = box_growth.monitor(pred, true, pairs if iou_mode == "match" else match_boxes(pred, true), no_finding)
     result = {
         "score": score,
         "iou": value,
@@ -145,6 +173,7 @@ def score_answer(answer: str, true: Sequence[Box], convention: str = "auto", wid
         "n_matched": float(n_matched),
         "parsed": 1.0 if (n_pred or no_finding) else 0.0,
         "no_finding": 1.0 if no_finding else 0.0,
+        **growth,
     }
     return result, pred, pairs
 
@@ -161,7 +190,8 @@ def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_
     try:
         true = truth_boxes(ground_truth)
     except BoxError as exc:
-        return dict.fromkeys(KEYS, 0.0), GroundingParse([], [], [], False, box_convention, str(exc))
+        return {**dict.fromkeys(KEYS, 0.0), **box_growth.NO_MATCH}, GroundingParse([], [], [], False, box_convention,
+                                                                                 str(exc))
     width, height, min_px, max_px = image_geometry(extra_info, kwargs)
     result, pred, pairs = score_answer(answer, true, box_convention, width, height, min_px, max_px, no_finding_score,
                                        iou_mode)
