@@ -312,12 +312,19 @@ def giou(a: Sequence[float], b: Sequence[float]) -> float:
 
     Unlike IoU it still tells apart two boxes that do not overlap: the farther apart, the lower.
     """
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    ax1, ay1, ax2, ay2 = a
+    bx1, by1, bx2, by2 = b
+    # Conditional expressions, not min()/max(): this runs for every pair of every rollout.
+    iw = (ax2 if ax2 < bx2 else bx2) - (ax1 if ax1 > bx1 else bx1)
+    ih = (ay2 if ay2 < by2 else by2) - (ay1 if ay1 > by1 else by1)
+    inter = iw * ih if iw > 0 and ih > 0 else 0.0
     union = box_area(a) + box_area(b) - inter
-    hull = (max(a[2], b[2]) - min(a[0], b[0])) * (max(a[3], b[3]) - min(a[1], b[1]))
-    if hull <= 0 or union <= 0 or not math.isfinite(hull) or not math.isfinite(union):
+    hull = ((ax2 if ax2 > bx2 else bx2) - (ax1 if ax1 < bx1 else bx1)) * \
+        ((ay2 if ay2 > by2 else by2) - (ay1 if ay1 < by1 else by1))
+    if not (hull > 0 and union > 0) or hull == math.inf or union == math.inf:
         return -1.0
-    return max(-1.0, min(1.0, inter / union - (hull - union) / hull))
+    value = inter / union - (hull - union) / hull
+    return -1.0 if value < -1.0 else 1.0 if value > 1.0 else value
 
 
 def match_boxes(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]],
