@@ -48,6 +48,22 @@ def test_grounding_metrics_counts_misses_and_extra_boxes():
     assert m["iou"] is None and m["acc@0.5"] == 1.0 and m["ap@0.5"] == 0.0
 
 
+def test_area_ratio_per_row_median_and_plain_warning():
+    grown, same = [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.25, 0.25]
+    assert metrics.grounding_metrics([grown], [same], no_finding=False)["area_ratio"] == pytest.approx(4.0)
+    assert metrics.grounding_metrics([], [same], no_finding=False)["area_ratio"] is None
+    assert metrics.grounding_metrics([], [], no_finding=True)["area_ratio"] is None
+    recs = [{"pred_boxes": [grown], "true_boxes": [same]}, {"pred_boxes": [same], "true_boxes": [same]},
+            {"pred_boxes": [[0, 0, 0.25, 0.5]], "true_boxes": [same]}, {"pred_boxes": [], "true_boxes": [same]}]
+    assert metrics.median_area_ratio(recs) == pytest.approx(2.0)  # median of 4, 1, 2; the row without a box is out
+    assert math.isnan(metrics.median_area_ratio(recs[3:]))
+    assert metrics.area_ratio_note(2.0).startswith("WARNING: the model's boxes are 2.00 times the true area")
+    assert "boxes have grown" in metrics.area_ratio_note(1.51)
+    assert "too small" in metrics.area_ratio_note(0.66)
+    assert metrics.area_ratio_note(1.5).startswith("Box size:") and metrics.area_ratio_note(0.67).startswith("Box size:")
+    assert "no predicted box overlaps" in metrics.area_ratio_note(math.nan)
+
+
 def test_rouge_l_and_lcs():
     assert metrics.lcs_length("a b c d e".split(), "a c e".split()) == 3
     assert metrics.lcs_length([], ["a"]) == 0

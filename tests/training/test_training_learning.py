@@ -42,15 +42,17 @@ def test_describe_change_says_rise_fall_or_noise():
     assert "no paired rows" in learning.describe_change("a", "b", math.nan, math.nan, 0, 0.3, 0.3)
 
 
-def test_box_area_ratio_is_the_median_over_rows_with_one_box_each(tmp_path):
+def test_box_area_ratio_is_the_median_over_rows_with_matched_boxes(tmp_path):
     rows = [{"pred_boxes": [[0, 0, 0.2, 0.2]], "true_boxes": [[0, 0, 0.1, 0.1]]},   # 4x
             {"pred_boxes": [[0, 0, 0.1, 0.1]], "true_boxes": [[0, 0, 0.1, 0.1]]},   # 1x
             {"pred_boxes": [[0, 0, 0.1, 0.2]], "true_boxes": [[0, 0, 0.1, 0.1]]},   # 2x
             {"pred_boxes": [], "true_boxes": [[0, 0, 0.1, 0.1]]},                   # no box: left out
-            {"pred_boxes": [[0, 0, 1, 1], [0, 0, 1, 1]], "true_boxes": [[0, 0, 0.1, 0.1]]},  # two: left out
-            {"pred_boxes": [[0, 0, 0.5, 0.5]], "true_boxes": [[0.2, 0.2, 0.2, 0.5]]}]       # empty truth
+            {"pred_boxes": [[0.5, 0.5, 0.6, 0.6]], "true_boxes": [[0, 0, 0.1, 0.1]]},  # no overlap: left out
+            # two findings, matched one to one: (0.02 + 0.01) / (0.01 + 0.01)
+            {"pred_boxes": [[0.5, 0.5, 0.6, 0.6], [0, 0, 0.2, 0.1]], "true_boxes": [[0, 0, 0.1, 0.1], [0.5, 0.5, 0.6, 0.6]]},
+            {"pred_boxes": [[0, 0, 0.5, 0.5]], "true_boxes": []}]                    # no-finding truth: left out
     (tmp_path / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert learning.box_area_ratio(tmp_path) == pytest.approx(2.0)
+    assert learning.box_area_ratio(tmp_path) == pytest.approx(1.75)  # median of 4, 1, 2, 1.5
     (tmp_path / "scores.jsonl").write_text(json.dumps(rows[3]) + "\n")
     assert math.isnan(learning.box_area_ratio(tmp_path))
 

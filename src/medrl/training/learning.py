@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medrl.atomic import atomic_path
-from medrl.boxes import box_area
+from medrl.export.metrics import median_area_ratio
 from medrl.export.plots import pyplot, save_figure
 
 VALIDATION_DIR = "validation"  # trainer.validation_data_dir, inside the stage folder
@@ -102,17 +102,8 @@ def evaluate(model_dir: str | Path, val_parquet: str | Path, out_dir: str | Path
 
 
 def box_area_ratio(eval_dir: str | Path) -> float:
-    """Median of predicted box area / true box area over a `medrl eval` run's rows with one of each.
-
-    IoU rewards a larger box under uncertainty (it overlaps more often), so a gain in mIoU can come
-    with boxes that grow and fewer rows over IoU 0.5; this figure shows which.
-    """
-    ratios = []
-    for rec in _jsonl_records(Path(eval_dir) / "scores.jsonl"):
-        pred, true = rec.get("pred_boxes") or [], rec.get("true_boxes") or []
-        if len(pred) == 1 and len(true) == 1 and box_area(true[0]) > 0:
-            ratios.append(box_area(pred[0]) / box_area(true[0]))
-    return statistics.median(ratios) if ratios else math.nan
+    """Median box/true area over a `medrl eval` run's rows with matched boxes (`medrl.export.metrics.median_area_ratio`)."""
+    return median_area_ratio(_jsonl_records(Path(eval_dir) / "scores.jsonl"))
 
 
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
