@@ -81,3 +81,27 @@ def test_budget_rule_stops_before_the_step_that_would_overrun():
     assert not next_is_last(100.0, [10.0, 10.0], 200.0)
     assert next_is_last(185.0, [10.0, 10.0], 200.0)  # 185 + 10 fits, 185 + 20 does not
     assert next_is_last(150.0, [10.0, 30.0, 10.0], 200.0)  # a slow recent step counts
+
+
+def test_run_summary_states_the_box_size_and_warns_when_boxes_grew(tmp_path, monkeypatch):
+    from medrl.training import summary
+
+    run = tmp_path / "run"
+    _dump(run / "grpo" / "validation", 0, [0.3, 0.5])
+    _dump(run / "grpo" / "validation", 2, [0.4, 0.5])
+    for folder in (run / "model", run / "grpo" / "merged"):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    true = [[0.0, 0.0, 0.25, 0.25]]
+    boxes = {"before_SFT": [[0.0, 0.0, 0.25, 0.25]], "after_RL": [[0.0, 0.0, 0.5, 0.5]]}  # 1x, then 4x
+
+    def fake_evaluate(model_dir, val, out, spec, step=0, train_s=0.0, max_new_tokens=64):
+        out.mkdir(parents=True)
+        (out / "scores.jsonl").write_text(json.dumps({"pred_boxes": boxes[out.name], "true_boxes": true}) + "\n")
+        return learning.ValPoint(step, train_s, 0.3, 0.0, 0.3, 1)
+
+    monkeypatch.setattr(learning, "evaluate", fake_evaluate)
+    lines = summary.learning_section(run, {"data": {"val": {"path": "val.parquet"}}}, "grpo", None)
+    assert "- before SFT: Box size: the model's boxes are 1.00 times the true area" in "\n".join(lines)
+    assert any(line.startswith("- after RL: WARNING: the model's boxes are 4.00 times the true area") and
+               "boxes have grown" in line for line in lines)
