@@ -105,3 +105,50 @@ def test_run_summary_states_the_box_size_and_warns_when_boxes_grew(tmp_path, mon
     assert "- before SFT: Box size: the model's boxes are 1.00 times the true area" in "\n".join(lines)
     assert any(line.startswith("- after RL: WARNING: the model's boxes are 4.00 times the true area") and
                "boxes have grown" in line for line in lines)
+
+
+def test_reward_extra_keys_become_training_metrics():
+    from medrl.training import reward_metrics
+
+    nan = float("nan")
+    infos = [{"iou/area_ratio": 2.0, "iou/n_matched": 1.0, "iou/hit50": 0.0, "bleu": nan},
+             {"iou/area_ratio": 4.0, "iou/n_matched": 1.0, "iou/hit50": 1.0, "bleu": nan},
+             {"iou/area_ratio": 1.0, "iou/n_matched": 0.0, "iou/hit50": 0.0, "bleu": nan},  # unmatched: neutral 1.0
+             {"iou/area_ratio": nan, "iou/n_matched": nan, "iou/hit50": nan, "bleu": 0.5}]  # a report row
+    m = reward_metrics.reward_extra_metrics(infos)
+    assert m["reward_extra/iou/area_ratio/mean"] == pytest.approx(7 / 3)
+    assert m["reward_extra/iou/area_ratio/median_matched"] == pytest.approx(3.0)  # rows with a matched box only
+    assert m["reward_extra/iou/hit50/mean"] == pytest.approx(1 / 3) and m["reward_extra/bleu/mean"] == 0.5
+    assert reward_metrics.reward_extra_metrics([{"area_ratio": 1.0, "n_matched": 0.0}]) == {
+        "reward_extra/area_ratio/mean": 1.0, "reward_extra/n_matched/mean": 0.0}
+
+
+def test_training_step_reads_each_samples_reward_info_and_skips_padding(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from medrl.training import reward_metrics
+
+    batch = SimpleNamespace(keys=["a", "b", "c"], partition_id="train",
+                            tags=[{}, {"is_padding": True}, {}])
+    asked = {}
+
+    def kv_batch_get(keys, partition_id, select_fields):
+        asked.update(keys=keys, partition_id=partition_id, fields=select_fields)
+        return {"extra_fields": [{"reward_extra_info": {"hit50": 1.0}}, {"reward_extra_info": {"hit50": 0.0}},
+                                 {"other": 1}]}
+
+    assert reward_metrics.step_reward_infos(batch, kv_batch_get) == [{"hit50": 1.0}]
+    assert asked == {"keys": ["a", "b", "c"], "partition_id": "train", "fields": ["extra_fields"]}
+
+    class Base:
+        def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+            metrics["critic/score/mean"] = 0.5
+
+    class Trainer(reward_metrics.RewardMetricsMixin, Base):
+        pass
+
+    monkeypatch.setitem(sys.modules, "transfer_queue", SimpleNamespace(kv_batch_get=kv_batch_get))
+    metrics: dict = {}
+    Trainer()._compute_metrics(batch, metrics, {}, 3, 0)
+    assert metrics == {"critic/score/mean": 0.5, "reward_extra/hit50/mean": 1.0}
