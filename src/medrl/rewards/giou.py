@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from medrl.boxes import Box, diou, giou, match_boxes
 from medrl.rewards import box_growth
-from medrl.rewards.iou import NO_FINDING_SCORE, GroundingParse, no_finding_credit, read_answer
+from medrl.rewards.iou import NO_FINDING_SCORE, GroundingParse, no_finding_credit, pairs_value, read_answer
 
 KEYS = ("score", "giou", "n_pred", "n_true", "n_matched", "parsed", "no_finding", *box_growth.KEYS)
 KINDS = {"giou": giou, "diou": diou}
@@ -36,11 +36,8 @@ _SIMILARITY = {k: _mapped(fn) for k, fn in KINDS.items()}
 
 def matched_giou(pred: Sequence[Box], true: Sequence[Box], n_pred: int, kind: str = "giou") -> tuple[float, int]:
     """(sum of matched (g + 1) / 2 / max(#true, n_pred), matched pairs); 0 when either side is empty."""
-    denom = max(n_pred, len(true))
-    if not pred or not true:
-        return 0.0, 0
     pairs = match_boxes(pred, true, _SIMILARITY[kind])
-    return min(1.0, max(0.0, sum(v for _, _, v in pairs) / denom)), len(pairs)
+    return pairs_value(pairs, n_pred, len(true)), len(pairs)
 
 
 def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,

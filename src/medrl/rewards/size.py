@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from medrl.boxes import Box, box_area
 from medrl.rewards import box_growth
-from medrl.rewards.iou import NO_FINDING_SCORE, GroundingParse, no_finding_credit, read_answer
+from medrl.rewards.iou import NO_FINDING_SCORE, GroundingParse, no_finding_credit, pairs_value, read_answer
 
 KEYS = ("score", "size", "log_area_ratio", "n_pred", "n_true", "n_matched", "parsed", "no_finding", *box_growth.KEYS)
 MAX_RATIO = 4.0
@@ -38,11 +38,8 @@ def calibration(pred_area: float, true_area: float, max_ratio: float = MAX_RATIO
 def size_score(pred: Sequence[Box], true: Sequence[Box], pairs: Sequence[tuple[int, int, float]], n_pred: int,
                max_ratio: float = MAX_RATIO) -> float:
     """Sum of per-pair calibration over max(#true, n_pred); 0 when either side is empty."""
-    denom = max(n_pred, len(true))
-    if not pairs or denom == 0:
-        return 0.0
-    total = sum(calibration(box_area(pred[i]), box_area(true[j]), max_ratio) for i, j, _ in pairs)
-    return min(1.0, max(0.0, total / denom))
+    values = [(i, j, calibration(box_area(pred[i]), box_area(true[j]), max_ratio)) for i, j, _ in pairs]
+    return pairs_value(values, n_pred, len(true))
 
 
 def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
