@@ -291,7 +291,8 @@ def enclosing_box(boxes: Sequence[Sequence[float]]) -> Box:
 
 def box_area(b: Sequence[float]) -> float:
     """Area of a box; zero for degenerate boxes."""
-    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+    w, h = b[2] - b[0], b[3] - b[1]
+    return w * h if w > 0 and h > 0 else 0.0  # not max(): it runs for every box of every rollout
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -375,10 +376,11 @@ def matched_area_ratio(pred: Sequence[Sequence[float]], true: Sequence[Sequence[
     1 is a box of the true size; above 1 boxes grow (IoU pays for growth when the model is
     unsure, so a rising IoU can hide it), below 1 they shrink.
     """
-    true_area = sum(box_area(true[j]) for _, j, _ in pairs)
-    if not pairs or true_area <= 0:
-        return None
-    return sum(box_area(pred[i]) for i, _, _ in pairs) / true_area
+    pred_area = true_area = 0.0
+    for i, j, _ in pairs:  # a loop, not two generator sums: this runs on every rollout
+        pred_area += box_area(pred[i])
+        true_area += box_area(true[j])
+    return pred_area / true_area if true_area > 0 else None
 
 
 def format_boxes(boxes: Iterable[Sequence[float]], decimals: int = TRUTH_DECIMALS) -> str:

@@ -34,14 +34,16 @@ NEUTRAL_RATIO = 1.0
 def monitor(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]],
             pairs: Sequence[tuple[int, int, float]], no_finding: bool) -> dict[str, float]:
     """{"area_ratio", "hit50"} of one row from its boxes and IoU-matched pairs (see the module rule)."""
+    if not pairs:
+        return {"area_ratio": NEUTRAL_RATIO, "hit50": 1.0 if (no_finding and not pred and not true) else 0.0}
     ratio = matched_area_ratio(pred, true, pairs)
-    if true:
-        hit = sum(v >= HIT_IOU for _, _, v in pairs) / len(true)
-    else:
-        hit = 1.0 if (no_finding and not pred) else 0.0
+    hits = 0
+    for _, _, v in pairs:
+        if v >= HIT_IOU:
+            hits += 1
     if ratio is None or not math.isfinite(ratio):
         ratio = NEUTRAL_RATIO
-    return {"area_ratio": float(ratio), "hit50": float(hit)}
+    return {"area_ratio": float(ratio), "hit50": hits / len(true)}
 
 
 NO_MATCH = {"area_ratio": NEUTRAL_RATIO, "hit50": 0.0}  # what a row whose truth does not read returns
