@@ -321,7 +321,42 @@ def table(results: dict[int, dict], arms: list[str], out: Path) -> str:
     if all("grpo" in results[s] and "sft" in results[s] for s in seeds):
         margin = [results[s]["grpo"]["final"]["miou"] - results[s]["sft"]["final"]["miou"] for s in seeds]
         lines.append(f"grpo minus equal-time sft, per seed:     {', '.join(f'{m:+.3f}' for m in margin)}")
-    return "\n".join(lines)
+    return "\n".join(lines + target_lines(results, arms, out))
+
+
+# Issue 23's targets for a grounding spec against its SFT start, each the minimum (or range) over seeds.
+GAIN_TARGET = 0.05       # validation acc@0.5 and mIoU, each up by at least this
+AREA_BAND = (0.8, 1.25)  # median box/true area of the final model
+SHUFFLED_MARGIN = 0.04   # mIoU above the shuffled arm, in every seed
+
+
+def target_lines(results: dict[int, dict], arms: list[str], out: Path) -> list[str]:
+    """One line per GRPO arm run in every seed: each of issue 23's targets, met or missed and by how much."""
+    seeds = sorted(results)
+
+    def verdict(value: float, target: float) -> str:
+        return "met" if value >= target - 1e-12 else f"missed by {target - value:.3f}"
+
+    lines = []
+    for arm in arms:
+        if arm in ("shuffled", "sft") or not all(arm in results[s] for s in seeds):
+            continue
+        gain = {k: min(results[s][arm]["final"][k] - results[s]["start"][k] for s in seeds) for k in ("acc50", "miou")}
+        ratios = [learning.box_area_ratio(final_eval_dir(out, s, arm, results[s])) for s in seeds]
+        lo, hi = AREA_BAND
+        if any(math.isnan(r) for r in ratios):
+            area = "no matched box in some seed: missed"
+        else:
+            worst = max(max(r - hi, lo - r, 0.0) for r in ratios)
+            area = f"{min(ratios):.2f}..{max(ratios):.2f} ({'met' if worst == 0 else f'missed by {worst:.2f}'})"
+        parts = [f"acc@0.5 gain {gain['acc50']:+.3f} ({verdict(gain['acc50'], GAIN_TARGET)})",
+                 f"mIoU gain {gain['miou']:+.3f} ({verdict(gain['miou'], GAIN_TARGET)})",
+                 f"box/true area in [{lo:g}, {hi:g}]: {area}"]
+        if all("shuffled" in results[s] for s in seeds):
+            margin = min(results[s][arm]["final"]["miou"] - results[s]["shuffled"]["final"]["miou"] for s in seeds)
+            parts.append(f"mIoU over shuffled {margin:+.3f} (>= +{SHUFFLED_MARGIN:g}: {verdict(margin, SHUFFLED_MARGIN)})")
+        lines.append(f"{arm} targets, worst seed: " + "; ".join(parts))
+    return lines
 
 
 def main() -> int:

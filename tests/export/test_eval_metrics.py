@@ -97,3 +97,16 @@ def test_summary_stats():
     assert s["std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 3))
     assert metrics.summary_stats([1.0, 3.0])["median"] == 2.0
     assert metrics.summary_stats([])["mean"] is None
+
+
+@pytest.mark.parametrize("spec", ["recipes/rewards/candidates/giou.yaml", "recipes/rewards/candidates/iou_size.yaml",
+                                  "recipes/rewards/candidates/f1iou.yaml"])
+def test_eval_reads_boxes_from_each_grounding_candidate(spec, repo_root, monkeypatch):
+    from medrl.export.evaluate import EvalOptions, score_rows
+    from medrl.export.rows import EvalRow
+
+    monkeypatch.chdir(repo_root)
+    row = EvalRow("k", 0, "medrl/grounding", [], [], "[[0, 0, 0.25, 0.25]]")
+    (rec,) = score_rows([row], {"k": "<think>x</think><answer>[0, 0, 0.5, 0.5]</answer>"}, EvalOptions(reward=spec))
+    assert rec["task"] == "grounding" and rec["pred_boxes"] == [[0.0, 0.0, 0.5, 0.5]]
+    assert rec["metrics"]["iou"] == pytest.approx(0.25) and rec["metrics"]["area_ratio"] == pytest.approx(4.0)

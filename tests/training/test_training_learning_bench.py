@@ -78,6 +78,12 @@ def test_table_gives_min_median_max_over_seeds_and_margins_over_shuffled(bench, 
     assert "grpo_giou mIoU minus shuffled mIoU, per seed: +0.120, +0.030, +0.160" in text
     assert "grpo mIoU minus shuffled mIoU, per seed: +0.070, +0.060, +0.100" in text
     assert "shuffled mIoU minus" not in text
+    # Issue 23's targets, worst seed: giou gains acc +0.06 and mIoU +0.04, areas 1.00..1.20, over shuffled +0.03.
+    assert ("grpo_giou targets, worst seed: acc@0.5 gain +0.060 (met); mIoU gain +0.040 (missed by 0.010); "
+            "box/true area in [0.8, 1.25]: 1.00..1.20 (met); mIoU over shuffled +0.030 (>= +0.04: missed by 0.010)"
+            in text)
+    assert "grpo targets, worst seed: acc@0.5 gain +0.000 (missed by 0.050)" in text
+    assert "box/true area in [0.8, 1.25]: 2.00..2.40 (missed by 1.15)" in text
 
 
 def test_rescored_curve_measures_every_arm_by_eval_rules(tmp_path):
