@@ -16,7 +16,20 @@ scored by `medrl eval` with the same reward. Prints validation mIoU, acc@0.5 and
 (min / median / max over seeds) and writes learning_curves.png and results.json into --out.
 Finished arms are kept: running it again with more seeds adds them.
 
+Comparing grounding rewards (issue 23): `--reward-arms iou,giou,f1iou,...` runs one GRPO arm per
+grounding spec in place of the single grpo arm, beside the same shuffled control (which keeps the
+recipe's spec). A name is a file of recipes/rewards/candidates/ (`iou` is the shipped
+recipes/rewards/grounding.yaml, whose arm keeps the name grpo), or a path to a spec. The table then
+gives each arm's validation mIoU, acc@0.5 and median box/true area as min / median / max over seeds,
+and each arm's margin over the shuffled arm per seed; learning_curves.png (mIoU) and
+learning_curves_acc50.png (acc@0.5) plot every arm. GRPO curves are then re-scored by medrl eval's
+rules from verl's dumps, whatever reward an arm trained on. `--data vindr` trains and validates on a
+VinDr-like mix instead of one finding per image: about half the images without a finding, the
+others with 1-3 (`medrl prepare sample --grounding --mix vindr`).
+
     python benchmarks/bench_learning.py [--seeds 1] [--budget-min 20] [--out runs/bench_learning]
+    python benchmarks/bench_learning.py --reward-arms iou,giou,f1iou,iou_size --arms grpo shuffled \
+        --data vindr --seeds 3 --budget-min 10 --out runs/bench_rewards_vindr
 """
 
 from __future__ import annotations
@@ -42,26 +55,62 @@ from medrl.training.verl_command import build_command
 
 SHUFFLED_REWARD = REPO_ROOT / "src" / "medrl" / "training" / "shuffled_reward.py"
 SPEC = REPO_ROOT / "recipes" / "rewards" / "grounding.yaml"
+CANDIDATES = REPO_ROOT / "recipes" / "rewards" / "candidates"
 ARMS = ("grpo", "shuffled", "sft")
+DATA_SETS = ("one", "vindr")
+
+
+def reward_arms(names: str | None) -> dict[str, Path]:
+    """{arm name: spec file} for `--reward-arms` (comma-separated); `iou` is the shipped spec, arm grpo."""
+    arms: dict[str, Path] = {}
+    for name in [n.strip() for n in (names or "").split(",") if n.strip()]:
+        if name == "iou":
+            arm, spec = "grpo", SPEC
+        elif (CANDIDATES / f"{name}.yaml").is_file():
+            arm, spec = f"grpo_{name}", CANDIDATES / f"{name}.yaml"
+        elif name.endswith((".yaml", ".yml")) and Path(name).is_file():
+            arm, spec = f"grpo_{Path(name).stem}", Path(name).resolve()
+        else:
+            known = ", ".join(["iou"] + sorted(p.stem for p in CANDIDATES.glob("*.yaml")))
+            raise ValueError(f"--reward-arms: {name!r} is neither a spec of {CANDIDATES} ({known}) nor a .yaml file")
+        if arm in arms:
+            raise ValueError(f"--reward-arms: {name!r} given twice")
+        arms[arm] = spec
+    return arms
+
+
+def arm_list(arms: list[str], rewards: dict[str, Path]) -> list[str]:
+    """The arms to run, in order: with reward arms, `grpo` stands for all of them."""
+    if not rewards:
+        return list(arms)
+    out: list[str] = []
+    for arm in arms:
+        out += list(rewards) if arm == "grpo" else [arm]
+    return out
 
 
 def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def prepare_data(out: Path, n_train: int, n_val: int) -> dict[str, str]:
-    """Generated train/val grounding sets (different image seeds), converted with `medrl prepare`."""
+def prepare_data(out: Path, n_train: int, n_val: int, mix: str = "one") -> dict[str, str]:
+    """Generated train/val grounding sets (different image seeds, findings per image: `mix`), converted with `medrl prepare`."""
     data = out / "data"
     files = {k: str(data / f"{k}.parquet") for k in ("train", "val", "sft_train", "sft_val")}
+    marker = data / "mix.txt"
     if all(Path(f).is_file() for f in files.values()):
+        made = marker.read_text().strip() if marker.is_file() else "one"
+        if made != mix:
+            raise ValueError(f"{data} holds the {made!r} data set, not {mix!r}: use another --out")
         return files
     for split, n, seed in (("train", n_train, 1), ("val", n_val, 2)):
         src = out / "source" / split
         subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "sample", "--grounding", "--answer", "short",
-                        "--n", str(n), "--seed", str(seed), "--out", str(src)], check=True)
+                        "--mix", mix, "--n", str(n), "--seed", str(seed), "--out", str(src)], check=True)
         subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "grounding", str(src / "grounding.json"),
                         "--split_name", split, "--sft", "--no-instruction", "--output_dir", str(data),
                         "--no_progress"], check=True, stdout=subprocess.DEVNULL)
+    marker.write_text(mix + "\n")
     return files
 
 
@@ -158,8 +207,8 @@ def warmup(seed_dir: Path, seed: int, steps: int, data: dict[str, str]) -> Path:
 
 
 def grpo_arm(seed_dir: Path, arm: str, start: Path, seed: int, budget_s: float, data: dict[str, str],
-             val_every: int, extra: list[str]) -> dict:
-    """One GRPO arm from `start` for `budget_s` training seconds; returns its curve and final figures."""
+             val_every: int, extra: list[str], spec: Path | None = None) -> dict:
+    """One GRPO arm from `start` for `budget_s` training seconds (trained on reward `spec`, default the recipe's)."""
     stage_dir = seed_dir / arm
     keys = [f"trainer.total_training_steps=100000", f"trainer.test_freq={val_every}",
             "trainer.save_freq=100000",  # > 0: verl saves the last step only
@@ -170,8 +219,10 @@ def grpo_arm(seed_dir: Path, arm: str, start: Path, seed: int, budget_s: float, 
         keys += [f"reward.custom_reward_function.path={SHUFFLED_REWARD}",
                  f"+reward.custom_reward_function.reward_kwargs.truths={data['train']}",
                  f"+reward.custom_reward_function.reward_kwargs.shuffle_seed={seed}"]
+    if spec is not None:
+        keys.append(f"+reward.custom_reward_function.reward_kwargs.spec={spec}")
     run_stage("grpo", keys, stage_dir, str(start), data)
-    curve = learning.grpo_curve(stage_dir)
+    curve = learning.grpo_curve(stage_dir, rescore=True)
     final = learning.evaluate(merged("grpo", stage_dir), data["val"], stage_dir / "eval", str(SPEC),
                               curve[-1].step, curve[-1].train_s)
     return {"curve": curve, "final": final}
@@ -198,7 +249,8 @@ def run_seed(out: Path, seed: int, args, data: dict[str, str]) -> dict:
     res = json.loads(res_file.read_text()) if res_file.is_file() else {}
     if "start" not in res:
         res["start"] = learning.evaluate(start, data["val"], seed_dir / "warmup" / "eval", str(SPEC)).__dict__
-    for arm in args.arms:
+    rewards = reward_arms(args.reward_arms)
+    for arm in arm_list(args.arms, rewards):
         if arm in res:
             continue
         log(f"seed {seed}: arm {arm}")
@@ -206,7 +258,8 @@ def run_seed(out: Path, seed: int, args, data: dict[str, str]) -> dict:
             trained = res.get("grpo", {}).get("curve", [{}])[-1].get("train_s", args.budget_min * 60)
             got = sft_arm(seed_dir, start, seed, trained, data, args.sft_every)
         else:
-            got = grpo_arm(seed_dir, arm, start, seed, args.budget_min * 60, data, args.val_every, args.set)
+            got = grpo_arm(seed_dir, arm, start, seed, args.budget_min * 60, data, args.val_every, args.set,
+                           rewards.get(arm))
         res[arm] = {"curve": [p.__dict__ for p in got["curve"]], "final": got["final"].__dict__}
         res_file.write_text(json.dumps(res, indent=1))
     return res
@@ -229,40 +282,81 @@ def final_eval_dir(out: Path, seed: int, arm: str, res: dict) -> Path:
 
 
 def table(results: dict[int, dict], arms: list[str], out: Path) -> str:
-    """Per arm: start and final validation figures and the gain, min / median / max over seeds."""
+    """Per arm: start and final validation figures, the gains, the median box/true area; min / median / max over seeds."""
     seeds = sorted(results)
-    lines = [f"{len(seeds)} seed(s): {seeds}; figures are min / median / max over seeds (final model, medrl eval)",
-             f"{'arm':<9} {'train min':>10} {'mIoU':>20} {'gain mIoU':>23} {'acc@0.5':>20} {'reward':>20} "
-             f"{'box/true area':>14}"]
+    lines = [f"{len(seeds)} seed(s): {seeds}; figures are min / median / max over seeds (final model, medrl eval); "
+             f"box/true area: each final model's median over rows with a matched box",
+             f"{'arm':<16} {'train min':>9} {'mIoU':>20} {'gain mIoU':>23} {'acc@0.5':>20} {'gain acc@0.5':>23} "
+             f"{'box/true area':>17}"]
 
-    def fmt(vals, sign=False):
+    def fmt(vals, sign=False, digits=3):
+        vals = [v for v in vals if not math.isnan(v)]
+        if not vals:
+            return "-"
         lo, med, hi = learning.spread(vals)
-        f = "{:+.3f}" if sign else "{:.3f}"
+        f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
         return f"{f.format(lo)}/{f.format(med)}/{f.format(hi)}"
 
-    def area(arm):  # median over seeds of each final model's median box-area ratio
-        ratios = [learning.box_area_ratio(final_eval_dir(out, s, arm, results[s])) for s in seeds
-                  if arm == "start" or arm in results[s]]
-        return f"{statistics.median(ratios):.2f}"
+    def area(arm):  # each final model's median box-area ratio, spread over seeds
+        return fmt([learning.box_area_ratio(final_eval_dir(out, s, arm, results[s])) for s in seeds
+                    if arm == "start" or arm in results[s]], digits=2)
 
     start = [results[s]["start"] for s in seeds]
-    lines.append(f"{'start':<9} {'0':>10} {fmt([p['miou'] for p in start]):>20} {'':>23} "
-                 f"{fmt([p['acc50'] for p in start]):>20} {fmt([p['reward'] for p in start]):>20} {area('start'):>14}")
+    lines.append(f"{'start':<16} {'0':>9} {fmt([p['miou'] for p in start]):>20} {'':>23} "
+                 f"{fmt([p['acc50'] for p in start]):>20} {'':>23} {area('start'):>17}")
     for arm in arms:
-        fin = [results[s][arm]["final"] for s in seeds if arm in results[s]]
-        if not fin:
+        have = [s for s in seeds if arm in results[s]]
+        if not have:
             continue
-        gains = [results[s][arm]["final"]["miou"] - results[s]["start"]["miou"] for s in seeds if arm in results[s]]
-        mins = fmt([p["train_s"] / 60 for p in fin]).split("/")[1]
-        lines.append(f"{arm:<9} {mins:>10} {fmt([p['miou'] for p in fin]):>20} {fmt(gains, True):>23} "
-                     f"{fmt([p['acc50'] for p in fin]):>20} {fmt([p['reward'] for p in fin]):>20} {area(arm):>14}")
-    if all("grpo" in results[s] and "shuffled" in results[s] for s in seeds):
-        margin = [results[s]["grpo"]["final"]["miou"] - results[s]["shuffled"]["final"]["miou"] for s in seeds]
-        lines.append(f"grpo gain minus shuffled gain, per seed: {', '.join(f'{m:+.3f}' for m in margin)}")
+        fin = [results[s][arm]["final"] for s in have]
+        gain = {k: [results[s][arm]["final"][k] - results[s]["start"][k] for s in have] for k in ("miou", "acc50")}
+        mins = fmt([p["train_s"] / 60 for p in fin], digits=1).split("/")[1]
+        lines.append(f"{arm:<16} {mins:>9} {fmt([p['miou'] for p in fin]):>20} {fmt(gain['miou'], True):>23} "
+                     f"{fmt([p['acc50'] for p in fin]):>20} {fmt(gain['acc50'], True):>23} {area(arm):>17}")
+    for arm in arms:
+        if arm in ("shuffled", "sft") or not all(arm in results[s] and "shuffled" in results[s] for s in seeds):
+            continue
+        margin = [results[s][arm]["final"]["miou"] - results[s]["shuffled"]["final"]["miou"] for s in seeds]
+        lines.append(f"{arm} mIoU minus shuffled mIoU, per seed: {', '.join(f'{m:+.3f}' for m in margin)}")
     if all("grpo" in results[s] and "sft" in results[s] for s in seeds):
         margin = [results[s]["grpo"]["final"]["miou"] - results[s]["sft"]["final"]["miou"] for s in seeds]
         lines.append(f"grpo minus equal-time sft, per seed:     {', '.join(f'{m:+.3f}' for m in margin)}")
-    return "\n".join(lines)
+    return "\n".join(lines + target_lines(results, arms, out))
+
+
+# Issue 23's targets for a grounding spec against its SFT start, each the minimum (or range) over seeds.
+GAIN_TARGET = 0.05       # validation acc@0.5 and mIoU, each up by at least this
+AREA_BAND = (0.8, 1.25)  # median box/true area of the final model
+SHUFFLED_MARGIN = 0.04   # mIoU above the shuffled arm, in every seed
+
+
+def target_lines(results: dict[int, dict], arms: list[str], out: Path) -> list[str]:
+    """One line per GRPO arm run in every seed: each of issue 23's targets, met or missed and by how much."""
+    seeds = sorted(results)
+
+    def verdict(value: float, target: float) -> str:
+        return "met" if value >= target - 1e-12 else f"missed by {target - value:.3f}"
+
+    lines = []
+    for arm in arms:
+        if arm in ("shuffled", "sft") or not all(arm in results[s] for s in seeds):
+            continue
+        gain = {k: min(results[s][arm]["final"][k] - results[s]["start"][k] for s in seeds) for k in ("acc50", "miou")}
+        ratios = [learning.box_area_ratio(final_eval_dir(out, s, arm, results[s])) for s in seeds]
+        lo, hi = AREA_BAND
+        if any(math.isnan(r) for r in ratios):
+            area = "no matched box in some seed: missed"
+        else:
+            worst = max(max(r - hi, lo - r, 0.0) for r in ratios)
+            area = f"{min(ratios):.2f}..{max(ratios):.2f} ({'met' if worst == 0 else f'missed by {worst:.2f}'})"
+        parts = [f"acc@0.5 gain {gain['acc50']:+.3f} ({verdict(gain['acc50'], GAIN_TARGET)})",
+                 f"mIoU gain {gain['miou']:+.3f} ({verdict(gain['miou'], GAIN_TARGET)})",
+                 f"box/true area in [{lo:g}, {hi:g}]: {area}"]
+        if all("shuffled" in results[s] for s in seeds):
+            margin = min(results[s][arm]["final"]["miou"] - results[s]["shuffled"]["final"]["miou"] for s in seeds)
+            parts.append(f"mIoU over shuffled {margin:+.3f} (>= +{SHUFFLED_MARGIN:g}: {verdict(margin, SHUFFLED_MARGIN)})")
+        lines.append(f"{arm} targets, worst seed: " + "; ".join(parts))
+    return lines
 
 
 def main() -> int:
@@ -274,24 +368,37 @@ def main() -> int:
     ap.add_argument("--sft-every", type=int, default=25, help="SFT-arm steps between saved (scored) checkpoints")
     ap.add_argument("--train", type=int, default=1000, help="training images")
     ap.add_argument("--val", type=int, default=300, help="validation images")
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,
+                    help="arms to run; with --reward-arms, grpo stands for one arm per reward spec")
+    ap.add_argument("--reward-arms", default=None, metavar="NAMES",
+                    help="comma-separated grounding specs, one GRPO arm each: iou (the shipped spec) or names of "
+                         "recipes/rewards/candidates/*.yaml (giou, f1iou, f1iou_soft, iou_size, giou_f1_size) "
+                         "or paths to spec files")
+    ap.add_argument("--data", choices=DATA_SETS, default="one",
+                    help="one finding per image, or a VinDr-like mix (about half no finding, the others 1-3)")
     ap.add_argument("--out", default="runs/bench_learning")
     ap.add_argument("--start", default=None, metavar="HF_DIR",
                     help="start every seed's arms from this SFT model instead of a warm-up per seed")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra verl keys for the GRPO arms (to try a setting against the recipe's)")
     args = ap.parse_args()
+    try:
+        arms = arm_list(args.arms, reward_arms(args.reward_arms))
+    except ValueError as exc:
+        ap.error(str(exc))
     out = Path(args.out).resolve()
-    data = prepare_data(out, args.train, args.val)
+    data = prepare_data(out, args.train, args.val, args.data)
     results = {}
     for seed in range(args.seeds):
         results[seed] = run_seed(out, seed, args, data)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "seeds": results}, indent=1))
-    curves = {arm: [arm_curve(results[s], arm) for s in results if arm in results[s]] for arm in args.arms}
-    plot = learning.plot_curves(curves, out / "learning_curves.png",
-                                f"validation mIoU, {len(results)} seed(s), {args.budget_min:g} min per arm")
-    print(table(results, args.arms, out))
-    print(f"plot: {plot}\nresults: {out / 'results.json'}")
+    curves = {arm: [arm_curve(results[s], arm) for s in results if arm in results[s]] for arm in arms}
+    what = f"{len(results)} seed(s), {args.budget_min:g} min per arm, data {args.data}"
+    plot = learning.plot_curves(curves, out / "learning_curves.png", f"validation mIoU, {what}")
+    plot_acc = learning.plot_curves(curves, out / "learning_curves_acc50.png", f"validation acc@0.5, {what}",
+                                    metric="acc50")
+    print(table(results, arms, out))
+    print(f"plots: {plot}, {plot_acc}\nresults: {out / 'results.json'}")
     return 0 if all(not math.isnan(results[s]["start"]["miou"]) for s in results) else 1
 
 

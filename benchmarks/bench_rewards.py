@@ -1,6 +1,6 @@
 """Throughput of medrl's rewards: 10,000 rollouts per reward on one core, beside per-sample references.
 
-    python benchmarks/bench_rewards.py [--n 10000] [--repeats 5] [--ref-n 1000]
+    python benchmarks/bench_rewards.py [--n 10000] [--repeats 5] [--ref-n 1000] [--only giou,f1iou,size]
 
 References, run in the same process on the same rollouts:
 - IoU: pycocotools mAP@0.5 per sample on a dummy canvas, as VLM-R1 scores multi-box answers
@@ -10,7 +10,8 @@ References, run in the same process on the same rollouts:
 - Region IoU (`iou_mode: region`, rollouts with 1-5 boxes a side): shapely's polygon union of the
   same parsed boxes (optional: `pip install shapely`); the largest difference is printed too.
 Targets (issue 3): IoU >= 50,000 rollouts/s; BLEU and enhanced >= 5,000 rollouts/s; (issue 14) region
-IoU >= 20,000 rollouts/s for up to 5 boxes a side; judged on
+IoU >= 20,000 rollouts/s for up to 5 boxes a side; (issue 23) the grounding candidates giou, diou, f1iou,
+f1iou_soft and size >= 20,000 rollouts/s on the grounding rollouts; judged on
 rollouts per CPU-second of this process (what one dedicated core does); wall-clock rates are
 printed beside them and fall when other processes share the core.
 """
@@ -28,7 +29,8 @@ import time
 
 from tqdm import tqdm
 
-TARGETS = {"iou": 50_000, "bleu": 5_000, "enhanced": 5_000, "region": 20_000}
+TARGETS = {"iou": 50_000, "bleu": 5_000, "enhanced": 5_000, "region": 20_000, "giou": 20_000, "diou": 20_000,
+           "f1iou": 20_000, "f1iou_soft": 20_000, "size": 20_000}
 SENTENCES = [
     "The heart size is normal.", "There is mild cardiomegaly.", "Small left pleural effusion.",
     "No pneumothorax is seen.", "Right lower lobe consolidation, concerning for pneumonia.",
@@ -172,14 +174,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ref-n", type=int, default=1000, help="rollouts for the (slow) pycocotools reference")
+    ap.add_argument("--only", default=None, metavar="NAMES",
+                    help=f"comma-separated rewards to run (of {', '.join(TARGETS)}, format); default all")
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    unknown = sorted((only or set()) - set(TARGETS) - {"format"})
+    if unknown:
+        ap.error(f"--only: unknown reward(s) {unknown}")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as the target says
 
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
     from medrl.boxes import parse_boxes
-    from medrl.rewards import bleu, enhanced, format as fmt, iou
+    from medrl.rewards import bleu, enhanced, f1iou, format as fmt, giou, iou, size
     from medrl.rewards.answer import extract_answer
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),)
@@ -187,6 +195,8 @@ def main() -> None:
     results = []
 
     def add(name, rows, fn, ref_name=None, ref_fn=None, ref_rows=None):
+        if only is not None and name not in only:
+            return
         for r in rows[:200]:
             fn(*r)  # warm caches and imports outside the timing
         sec, cpu = time_it(fn, rows, args.repeats, name)
@@ -198,6 +208,10 @@ def main() -> None:
             ref_rate = len(ref_rows) / ref_cpu
         results.append((name, len(rows), sec, len(rows) / sec, rate, TARGETS.get(name), ref_name, ref_rate))
 
+    for name, fn in (("giou", giou.compute_score), ("diou", lambda *r: giou.compute_score(*r, kind="diou")),
+                     ("f1iou", f1iou.compute_score), ("f1iou_soft", lambda *r: f1iou.compute_score(*r, mode="soft")),
+                     ("size", size.compute_score)):
+        add(name, ground, fn)
     try:
         import pycocotools  # noqa: F401
 
@@ -230,13 +244,13 @@ def main() -> None:
             return shapely_region_iou(parse_boxes(extract_answer(sol)), json.loads(gt))
 
         add("region", multi, region, "shapely polygon union", shapely_ref, multi[:args.ref_n])
-        region_diff = max(abs(region(*r)["iou"] - shapely_ref(*r)) for r in multi[:args.ref_n])
+        region_diff = None if only is not None and "region" not in only else max(abs(region(*r)["iou"] - shapely_ref(*r)) for r in multi[:args.ref_n])
     except ImportError:
         print("shapely not installed: region IoU runs without its reference (pip install shapely)")
         add("region", multi, region)
     add("format", ground, fmt.compute_score)
 
-    diff = max(abs(bleu.compute_score(*r)["score"] - (1.0 if bleu.normalize_text(extract_answer(r[1]))
+    diff = None if only is not None and "bleu" not in only else max(abs(bleu.compute_score(*r)["score"] - (1.0 if bleu.normalize_text(extract_answer(r[1]))
                                                       == bleu.normalize_text(r[2]) else nltk_ref(*r)))
                for r in report)
     print(f"\nrewards pinned to one core, {args.n} rollouts each, median of {args.repeats} passes")
@@ -249,7 +263,8 @@ def main() -> None:
         ref_txt = f"{ref_rate:>15,.0f}{rate / ref_rate:>9.1f}x" if ref_rate else f"{'-':>15}{'-':>10}"
         print(f"{name:<10}{n:>9}{sec:>8.3f}{wall_rate:>10,.0f}{rate:>10,.0f}{(target or 0):>9,}{meets:>7}"
               f"  {ref_name or '-':<22}{ref_txt}")
-    print(f"largest |medrl BLEU - nltk BLEU| over the report rollouts: {diff:.2e}")
+    if diff is not None:
+        print(f"largest |medrl BLEU - nltk BLEU| over the report rollouts: {diff:.2e}")
     if region_diff is not None:
         print(f"largest |medrl region IoU - shapely| over {min(args.ref_n, len(multi))} region rollouts: "
               f"{region_diff:.2e}")

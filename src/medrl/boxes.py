@@ -1,4 +1,4 @@
-"""Bounding boxes: finding them in text, coordinate conventions, IoU and one-to-one matching.
+"""Bounding boxes: finding them in text, coordinate conventions, IoU, GIoU, one-to-one matching, area ratio.
 
 Ground truth has one strict reader (a malformed box is a `BoxError` whose message is
 the reject reason), used by every converter, the preflight and the rewards:
@@ -25,7 +25,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 Box = tuple[float, float, float, float]
 
@@ -291,7 +291,8 @@ def enclosing_box(boxes: Sequence[Sequence[float]]) -> Box:
 
 def box_area(b: Sequence[float]) -> float:
     """Area of a box; zero for degenerate boxes."""
-    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+    w, h = b[2] - b[0], b[3] - b[1]
+    return w * h if w > 0 and h > 0 else 0.0  # not max(): it runs for every box of every rollout
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -307,41 +308,79 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return max(0.0, min(1.0, inter / union))
 
 
-def match_boxes(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]]) -> list[tuple[int, int, float]]:
+def giou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Generalised IoU (Rezatofighi et al. 2019): IoU - (enclosing area - union) / enclosing area, in [-1, 1].
+
+    Unlike IoU it still tells apart two boxes that do not overlap: the farther apart, the lower.
+    """
+    ax1, ay1, ax2, ay2 = a
+    bx1, by1, bx2, by2 = b
+    # Conditional expressions, not min()/max(): this runs for every pair of every rollout.
+    iw = (ax2 if ax2 < bx2 else bx2) - (ax1 if ax1 > bx1 else bx1)
+    ih = (ay2 if ay2 < by2 else by2) - (ay1 if ay1 > by1 else by1)
+    inter = iw * ih if iw > 0 and ih > 0 else 0.0
+    union = box_area(a) + box_area(b) - inter
+    hull = ((ax2 if ax2 > bx2 else bx2) - (ax1 if ax1 < bx1 else bx1)) * \
+        ((ay2 if ay2 > by2 else by2) - (ay1 if ay1 < by1 else by1))
+    if not (hull > 0 and union > 0) or hull == math.inf or union == math.inf:
+        return -1.0
+    value = inter / union - (hull - union) / hull
+    return -1.0 if value < -1.0 else 1.0 if value > 1.0 else value
+
+
+def match_boxes(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]],
+                similarity: Callable[[Sequence[float], Sequence[float]], float] | None = None) -> list[tuple[int, int, float]]:
     """One-to-one matching of predicted to true boxes maximising total IoU (Hungarian).
 
-    Returns (pred_index, true_index, iou) for each matched pair with IoU > 0.
+    Returns (pred_index, true_index, value) for each matched pair with value > 0. `similarity`
+    replaces IoU as the value maximised (a non-negative score of two boxes, e.g. a mapped GIoU).
     """
+    sim = similarity or iou
     if not pred or not true:
         return []
     if len(pred) == 1 and len(true) == 1:
-        v = iou(pred[0], true[0])
+        v = sim(pred[0], true[0])
         return [(0, 0, v)] if v > 0 else []
     if len(pred) <= 3 and len(true) <= 3:
-        return _match_small(pred, true)
+        return _match_small(pred, true, sim)
     import numpy as np
     from scipy.optimize import linear_sum_assignment
 
-    m = np.array([[iou(p, t) for t in true] for p in pred], dtype=float)
+    m = np.array([[sim(p, t) for t in true] for p in pred], dtype=float)
     rows, cols = linear_sum_assignment(m, maximize=True)
     return [(int(r), int(c), float(m[r, c])) for r, c in zip(rows, cols) if m[r, c] > 0]
 
 
-def _match_small(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]]) -> list[tuple[int, int, float]]:
-    """Exact maximum-IoU assignment by enumeration; at most 6 candidates for up to 3x3 boxes.
+def _match_small(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]],
+                 sim: Callable[[Sequence[float], Sequence[float]], float] = iou) -> list[tuple[int, int, float]]:
+    """Exact maximum-total assignment by enumeration; at most 6 candidates for up to 3x3 boxes.
 
     Same optimum as the Hungarian algorithm, without scipy's per-call overhead
     on the small cases that make up almost every rollout.
     """
     import itertools
 
-    m = [[iou(p, t) for t in true] for p in pred]
+    m = [[sim(p, t) for t in true] for p in pred]
     if len(pred) <= len(true):
         options = ([(i, j) for i, j in enumerate(perm)] for perm in itertools.permutations(range(len(true)), len(pred)))
     else:
         options = ([(i, j) for j, i in enumerate(perm)] for perm in itertools.permutations(range(len(pred)), len(true)))
     best = max(options, key=lambda pairs: sum(m[i][j] for i, j in pairs))
     return sorted((i, j, m[i][j]) for i, j in best if m[i][j] > 0)
+
+
+def matched_area_ratio(pred: Sequence[Sequence[float]], true: Sequence[Sequence[float]],
+                       pairs: Sequence[tuple[int, int, float]]) -> float | None:
+    """Predicted / true area summed over matched (pred_index, true_index, _) pairs; None without a pair.
+
+    1 is a box of the true size; above 1 boxes grow (IoU pays for growth when the model is
+    unsure, so a rising IoU can hide it), below 1 they shrink.
+    """
+    pred_area = true_area = 0.0
+    for i, j, _ in pairs:  # a loop, not two generator sums: this runs on every rollout
+        pred_area += box_area(pred[i])
+        true_area += box_area(true[j])
+    return pred_area / true_area if true_area > 0 else None
 
 
 def format_boxes(boxes: Iterable[Sequence[float]], decimals: int = TRUTH_DECIMALS) -> str:
@@ -359,3 +398,12 @@ def box_text(box: Sequence[float]) -> str:
         return s + "0" * max(0, 2 - len(s.split(".")[1]))
 
     return "[" + ", ".join(coord(v) for v in box) + "]"
+
+
+def diou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Distance IoU (Zheng et al. 2020): IoU - (centre distance / enclosing-box diagonal)^2, in [-1, 1]."""
+    d2 = ((a[0] + a[2]) - (b[0] + b[2])) ** 2 / 4 + ((a[1] + a[3]) - (b[1] + b[3])) ** 2 / 4
+    c2 = (max(a[2], b[2]) - min(a[0], b[0])) ** 2 + (max(a[3], b[3]) - min(a[1], b[1])) ** 2
+    if c2 <= 0 or not math.isfinite(c2) or not math.isfinite(d2):
+        return -1.0
+    return max(-1.0, min(1.0, iou(a, b) - d2 / c2))

@@ -48,6 +48,22 @@ def test_grounding_metrics_counts_misses_and_extra_boxes():
     assert m["iou"] is None and m["acc@0.5"] == 1.0 and m["ap@0.5"] == 0.0
 
 
+def test_area_ratio_per_row_median_and_plain_warning():
+    grown, same = [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.25, 0.25]
+    assert metrics.grounding_metrics([grown], [same], no_finding=False)["area_ratio"] == pytest.approx(4.0)
+    assert metrics.grounding_metrics([], [same], no_finding=False)["area_ratio"] is None
+    assert metrics.grounding_metrics([], [], no_finding=True)["area_ratio"] is None
+    recs = [{"pred_boxes": [grown], "true_boxes": [same]}, {"pred_boxes": [same], "true_boxes": [same]},
+            {"pred_boxes": [[0, 0, 0.25, 0.5]], "true_boxes": [same]}, {"pred_boxes": [], "true_boxes": [same]}]
+    assert metrics.median_area_ratio(recs) == pytest.approx(2.0)  # median of 4, 1, 2; the row without a box is out
+    assert math.isnan(metrics.median_area_ratio(recs[3:]))
+    assert metrics.area_ratio_note(2.0).startswith("WARNING: the model's boxes are 2.00 times the true area")
+    assert "boxes have grown" in metrics.area_ratio_note(1.51)
+    assert "too small" in metrics.area_ratio_note(0.66)
+    assert metrics.area_ratio_note(1.5).startswith("Box size:") and metrics.area_ratio_note(0.67).startswith("Box size:")
+    assert "no predicted box overlaps" in metrics.area_ratio_note(math.nan)
+
+
 def test_rouge_l_and_lcs():
     assert metrics.lcs_length("a b c d e".split(), "a c e".split()) == 3
     assert metrics.lcs_length([], ["a"]) == 0
@@ -81,3 +97,16 @@ def test_summary_stats():
     assert s["std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 3))
     assert metrics.summary_stats([1.0, 3.0])["median"] == 2.0
     assert metrics.summary_stats([])["mean"] is None
+
+
+@pytest.mark.parametrize("spec", ["recipes/rewards/candidates/giou.yaml", "recipes/rewards/candidates/iou_size.yaml",
+                                  "recipes/rewards/candidates/f1iou.yaml"])
+def test_eval_reads_boxes_from_each_grounding_candidate(spec, repo_root, monkeypatch):
+    from medrl.export.evaluate import EvalOptions, score_rows
+    from medrl.export.rows import EvalRow
+
+    monkeypatch.chdir(repo_root)
+    row = EvalRow("k", 0, "medrl/grounding", [], [], "[[0, 0, 0.25, 0.25]]")
+    (rec,) = score_rows([row], {"k": "<think>x</think><answer>[0, 0, 0.5, 0.5]</answer>"}, EvalOptions(reward=spec))
+    assert rec["task"] == "grounding" and rec["pred_boxes"] == [[0.0, 0.0, 0.5, 0.5]]
+    assert rec["metrics"]["iou"] == pytest.approx(0.25) and rec["metrics"]["area_ratio"] == pytest.approx(4.0)

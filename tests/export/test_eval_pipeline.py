@@ -106,7 +106,7 @@ def test_scores_come_from_the_training_reward_and_task_metrics(tmp_path):
         want = compose.compute_score(row.data_source, GOOD[row.extra_info["id"]], row.ground_truth, row.extra_info)
         assert r["score"] == pytest.approx(want["score"])
     assert by_id["g0"]["metrics"] == {"iou": pytest.approx(1.0), "region_iou": pytest.approx(1.0), "acc@0.5": 1.0,
-                                      "ap@0.5": 1.0}
+                                      "ap@0.5": 1.0, "area_ratio": pytest.approx(1.0)}
     assert by_id["g1"]["metrics"]["iou"] == pytest.approx(0.5) and by_id["g1"]["metrics"]["ap@0.5"] == 0.5
     # Region IoU: BOX1 (area 0.15) against the union of BOX1 and BOX2 (0.15 + 0.105, disjoint).
     assert by_id["g1"]["metrics"]["region_iou"] == pytest.approx(0.15 / 0.255)
@@ -131,6 +131,9 @@ def test_scores_come_from_the_training_reward_and_task_metrics(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| medrl/grounding | 6 |" in md and "mAP@0.5 0.417" in md and "vindr-cxr" in md
     assert "| region_iou |" in md and "region_iou 0." in md
+    # g0, g1 and g4 draw the true box exactly: the median box/true area is 1, inside [0.67, 1.5].
+    assert ground["area_ratio"]["n"] == 3 and ground["area_ratio"]["median"] == pytest.approx(1.0)
+    assert "| box/true area (median) | 1.00 |" in md and "- m: Box size: the model's boxes are 1.00 times" in md
     figs = {f["title"]: f["path"] for f in report["figures"]}
     for title in ("Reward histogram", "IoU distribution", "Mean reward per category"):
         assert (tmp_path / "out" / figs[title]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from medrl.rewards import bleu, compose, enhanced, format as fmt, iou, vqa
+from medrl.rewards import bleu, compose, enhanced, f1iou, format as fmt, giou, iou, size, vqa
 
 NUM = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**40, 10**40),
                 st.floats(0, 1), st.floats(0, 1000))
@@ -32,7 +32,8 @@ INFO = st.one_of(st.none(), st.fixed_dictionaries({}, optional={
     "max_pixels": st.integers(-1, 10**7), "answer": st.text(max_size=40)}))
 CONVENTION = st.sampled_from(["auto", "norm1", "norm1000", "abs", "abs_resized"])
 
-REWARDS = [(iou, (0.0, 1.0)), (bleu, (0.0, 1.0)), (fmt, (0.0, 1.0)), (vqa, (0.0, 1.0)), (enhanced, (0.0, 1.0))]
+REWARDS = [(iou, (0.0, 1.0)), (bleu, (0.0, 1.0)), (fmt, (0.0, 1.0)), (vqa, (0.0, 1.0)), (enhanced, (0.0, 1.0)),
+           (giou, (0.0, 1.0)), (f1iou, (0.0, 1.0)), (size, (0.0, 1.0))]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -51,6 +52,8 @@ def test_box_rewards_never_raise(sol, gt, info, conv):
     res = enhanced.compute_score("medrl/grounding", sol, gt, info, box_convention=conv)
     _check(res, enhanced.KEYS, 0, 1)
     assert res["fallbacks"] == 0  # the packaged knowledge is valid: any fallback here is a bug in a part
+    for module in (giou, f1iou, size):
+        _check(module.compute_score("medrl/grounding", sol, gt, info, box_convention=conv), module.KEYS, 0, 1)
 
 
 @SETTINGS

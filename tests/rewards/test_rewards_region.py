@@ -93,8 +93,10 @@ def _grounding(answer: str, truth: str, **kw) -> dict:
 def test_reward_region_mode():
     two = "[[0.125, 0.25, 0.375, 0.5], [0.375, 0.25, 0.75, 0.5]]"
     res = _grounding("Opacity at [0.125, 0.25, 0.75, 0.5].", two, iou_mode="region")
+    # The growth monitor matches one to one whatever the mode: the box (area 0.15625) pairs with the
+    # larger true box (area 0.09375, IoU 0.6), so area ratio 5/3 and one of two true boxes hit at 0.5.
     assert res == {"score": 1.0, "iou": 1.0, "n_pred": 1.0, "n_true": 2.0, "n_matched": 2.0, "parsed": 1.0,
-                   "no_finding": 0.0}
+                   "no_finding": 0.0, "area_ratio": pytest.approx(5 / 3), "hit50": 0.5}
     assert _grounding("Opacity at [0.125, 0.25, 0.75, 0.5].", two)["score"] == pytest.approx(0.6 / 2)
     # No finding is scored as in match mode.
     assert _grounding("No abnormalities are detected.", "[]", iou_mode="region")["score"] == 0.8

@@ -31,7 +31,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from medrl.data.sample import write_grounding_set, write_sample
 
     if args.grounding:
-        path = write_grounding_set(args.out, n=args.n, seed=args.seed, answer=args.answer)
+        path = write_grounding_set(args.out, n=args.n, seed=args.seed, answer=args.answer, mix=args.mix)
     else:
         path = write_sample(args.out, n=args.n, seed=args.seed)
     print(f"wrote {args.n} records to {path}")
@@ -75,9 +75,11 @@ def register(subparsers) -> None:
     sp.add_argument("--n", type=int, default=64)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--grounding", action="store_true",
-                    help="grounding records only, one finding each (writes grounding.json): a set to learn on")
+                    help="grounding records only (writes grounding.json): a set to learn on; see --mix")
     sp.add_argument("--answer", choices=("short", "radvlm"), default="short",
                     help="--grounding answers: the box alone (short) or RadVLM's sentence around it")
+    sp.add_argument("--mix", choices=("one", "vindr"), default="one",
+                    help="--grounding findings per image: one each, or VinDr-like (about half none, the others 1-3)")
     sp.set_defaults(func=run_sample)
     from medrl.data.prepare_formats import register_formats  # UniMedVL, MeCoVQA, change pairs, mixing
 

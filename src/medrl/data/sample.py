@@ -177,39 +177,65 @@ def make_records(n: int, out_dir: Path, seed: int = 0) -> list[dict]:
 
 
 ANSWER_STYLES = ("short", "radvlm")
+# How many findings each image of a grounding set has: "one" (exactly one), or "vindr", a VinDr-CXR-like
+# mix: about half the images without a finding, the others with 1, 2 or 3 (equally likely).
+MIXES = ("one", "vindr")
 
 
-def grounding_set_records(n: int, out_dir: Path, seed: int = 0, answer: str = "short") -> list[dict]:
-    """Draw `n` images with exactly one finding each into out_dir/images; return grounding records.
+def findings_count(mix: str, prng: random.Random) -> int:
+    """The number of findings of the next image of a grounding set of this mix."""
+    if mix == "one":
+        return 1
+    return 0 if prng.random() < 0.5 else prng.randint(1, 3)
 
-    `answer="short"` answers with the box alone (`[0.12, 0.34, 0.56, 0.78]`, about 20 tokens of the
-    tiny tokenizer), `"radvlm"` with RadVLM's sentence around it (about 50).
+
+def grounding_set_answer(findings: list[tuple[str, Box, str]], answer: str, prng: random.Random) -> str:
+    """A grounding set's answer: the boxes alone (short, ' and ' between them) or RadVLM's sentences; the no-finding line."""
+    if not findings:
+        return NO_FINDING
+    if answer == "short":
+        return " and ".join(_fmt(box) for _, box, _ in findings)
+    return grounding_answer(findings, prng)
+
+
+def grounding_set_records(n: int, out_dir: Path, seed: int = 0, answer: str = "short", mix: str = "one") -> list[dict]:
+    """Draw `n` grounding images into out_dir/images (findings per image: `mix`); return grounding records.
+
+    `answer="short"` answers with the boxes alone (`[0.12, 0.34, 0.56, 0.78]`, about 20 tokens of the
+    tiny tokenizer per box), `"radvlm"` with RadVLM's sentence around them (about 50). With
+    `mix="one"` every image has one finding and the question names it; with `mix="vindr"` about half
+    have none (answer: the no-finding line) and the question never presupposes a finding.
     """
     from PIL import Image
 
     if answer not in ANSWER_STYLES:
         raise ValueError(f"answer style must be one of {ANSWER_STYLES}, got {answer!r}")
+    if mix not in MIXES:
+        raise ValueError(f"grounding set mix must be one of {MIXES}, got {mix!r}")
     rng = np.random.default_rng(seed)
     prng = random.Random(seed)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(n):
-        drawn = draw_chest(rng, 1)
+        drawn = draw_chest(rng, findings_count(mix, prng))
         rel = f"images/g{seed}_{i:05d}.png"
         with atomic_path(out_dir / rel) as tmp:
             Image.fromarray(drawn.pixels, mode="L").save(tmp, format="PNG", optimize=True)
-        name, box, _ = drawn.findings[0]
-        text = _fmt(box) if answer == "short" else grounding_answer(drawn.findings, prng)
-        conv = [("human", prng.choice(GROUNDING_QUESTIONS).format(f=name)), ("gpt", text)]
+        text = grounding_set_answer(drawn.findings, answer, prng)
+        if mix == "one":
+            question = prng.choice(GROUNDING_QUESTIONS).format(f=drawn.findings[0][0])
+        else:
+            question = prng.choice(OPEN_QUESTIONS)
+        conv = [("human", question), ("gpt", text)]
         records.append({"id": f"g{seed}-{i:05d}", "image": rel, "dataset": "vindr-cxr",
                         "conversations": [{"from": a, "value": b} for a, b in conv]})
     return records
 
 
-def write_grounding_set(out_dir: str | Path, n: int, seed: int = 0, answer: str = "short") -> Path:
-    """Write images/ and grounding.json (`n` one-finding grounding records) under out_dir; returns the JSON path."""
+def write_grounding_set(out_dir: str | Path, n: int, seed: int = 0, answer: str = "short", mix: str = "one") -> Path:
+    """Write images/ and grounding.json (`n` grounding records, findings per image: `mix`) under out_dir; returns the JSON path."""
     out_dir = Path(out_dir)
-    records = grounding_set_records(n, out_dir, seed, answer)
+    records = grounding_set_records(n, out_dir, seed, answer, mix)
     path = out_dir / "grounding.json"
     with atomic_open(path, "w", encoding="utf-8") as fh:
         json.dump(records, fh, indent=1)

@@ -20,11 +20,12 @@ from medrl.export import metrics
 from medrl.export.rows import EvalRow
 
 TASK_METRICS = {
-    "grounding": ("iou", "region_iou", "acc@0.5", "ap@0.5"),
+    "grounding": ("iou", "region_iou", "acc@0.5", "ap@0.5", "area_ratio"),
     "report": ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l"),
     "vqa": ("acc",),
 }
-_TASK_OF_REWARD = {"iou": "grounding", "enhanced": "grounding", "bleu": "report", "vqa": "vqa"}
+_TASK_OF_REWARD = {"iou": "grounding", "giou": "grounding", "f1iou": "grounding", "size": "grounding",
+                   "enhanced": "grounding", "bleu": "report", "vqa": "vqa"}
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,19 @@ precision-recall curve), then the mean over samples. A sample where either side
 has no box scores 0, so a correct "no finding" earns nothing unless
 `credit_no_finding` is set, which scores it 1 when the truth has no box and the
 answer draws none and states no finding.
+
+Box size: `area_ratio` per sample is the predicted / true area of the one-to-one IoU-matched
+boxes (`medrl.boxes.matched_area_ratio`, the rewards' `area_ratio` key); reports give its median
+and a plain warning when it leaves [0.67, 1.5] (`area_ratio_note`).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Sequence
 
-from medrl.boxes import Box, iou
+from medrl.boxes import Box, iou, match_boxes, matched_area_ratio
 
 Boxes = Sequence[Sequence[float]]
 
@@ -68,8 +73,14 @@ def mean_matched_iou(pred: Boxes, true: Boxes) -> float:
     return matched_iou(list(pred), list(true))[0]
 
 
+def row_area_ratio(pred: Boxes, true: Boxes) -> float | None:
+    """Predicted / true area of one sample's one-to-one IoU-matched boxes; None without a matched pair."""
+    return matched_area_ratio(pred, true, match_boxes(pred, true))
+
+
 def grounding_metrics(pred: list[Box], true: list[Box], no_finding: bool, credit_no_finding: bool = False) -> dict:
-    """Per-sample grounding figures: iou and region_iou (None when the truth has no box), acc@0.5, ap@0.5."""
+    """Per-sample grounding figures: iou and region_iou (None when the truth has no box), acc@0.5, ap@0.5,
+    area_ratio (predicted / true area of the matched boxes; None without a matched box)."""
     from medrl.rewards.region_iou import region_iou
 
     if true:
@@ -79,7 +90,37 @@ def grounding_metrics(pred: list[Box], true: list[Box], no_finding: bool, credit
         value = region = None  # IoU of a no-finding sample is undefined; it counts in acc and mAP only
         acc = 1.0 if (not pred and no_finding) else 0.0
     return {"iou": value, "region_iou": region, "acc@0.5": acc,
-            "ap@0.5": sample_ap(pred, true, no_finding, credit_no_finding)}
+            "ap@0.5": sample_ap(pred, true, no_finding, credit_no_finding), "area_ratio": row_area_ratio(pred, true)}
+
+
+# Median box/true area outside this band: boxes have grown (or shrunk) enough to say so (issue 23).
+AREA_RATIO_BAND = (0.67, 1.5)
+
+
+def median_area_ratio(records: Sequence[dict]) -> float:
+    """Median over scored grounding records (`pred_boxes`, `true_boxes`) of each row's matched box/true area; NaN if none.
+
+    IoU pays for a larger box when the model is unsure (it overlaps more often), so a gain in mIoU
+    can come with boxes that grow and fewer rows over IoU 0.5; this figure shows which.
+    """
+    ratios = [r for r in (row_area_ratio(rec.get("pred_boxes") or [], rec.get("true_boxes") or [])
+                          for rec in records) if r is not None]
+    return statistics.median(ratios) if ratios else math.nan
+
+
+def area_ratio_note(ratio: float, band: tuple[float, float] = AREA_RATIO_BAND) -> str:
+    """One plain sentence on a median box/true area ratio, a warning when it leaves `band`."""
+    if ratio is None or math.isnan(ratio):
+        return "Box size: no predicted box overlaps a true box, so there is no box/true area ratio."
+    lo, hi = band
+    if ratio > hi:
+        return (f"WARNING: the model's boxes are {ratio:.2f} times the true area (median over matched boxes), "
+                f"above {hi:g}: boxes have grown. IoU rewards pay for bigger boxes when the model is unsure, "
+                f"so a rise in IoU here may not be better localisation; check acc@0.5.")
+    if ratio < lo:
+        return (f"WARNING: the model's boxes are {ratio:.2f} times the true area (median over matched boxes), "
+                f"below {lo:g}: boxes are too small.")
+    return f"Box size: the model's boxes are {ratio:.2f} times the true area (median over matched boxes), within [{lo:g}, {hi:g}]."
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:

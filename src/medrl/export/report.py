@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from medrl.atomic import atomic_open, write_json
+from medrl.export.metrics import area_ratio_note
 
 HEADLINE = ("score", "iou", "region_iou", "acc@0.5", "mAP@0.5", "bleu1", "bleu4", "rouge_l", "acc")
 
@@ -72,6 +73,11 @@ def render_markdown(report: dict) -> str:
         if len(names) == 2:
             row += f" {_f(vals[1] - vals[0]) if None not in vals else '-'} |"
         out.append(row)
+    ratios = [((report["results"][n]["overall"].get("area_ratio") or {}).get("median")) for n in names]
+    if any(r is not None for r in ratios):
+        out.append("| box/true area (median) | " + " | ".join(_f(r, 2) for r in ratios) + " |"
+                   + (" - |" if len(names) == 2 else ""))
+        out += [""] + [f"- {n}: {area_ratio_note(r)}" for n, r in zip(names, ratios) if r is not None]
     if report.get("paired"):
         p = report["paired"]
         out += ["", f"Row by row ({names[1]} minus {names[0]}, n={p['n']}): mean difference "
@@ -80,7 +86,9 @@ def render_markdown(report: dict) -> str:
     out += ["", "mAP@0.5: per-sample VOC AP at IoU 0.5 averaged over grounding rows (RadVLM). "
                 "iou: one-to-one matched IoU over max(#model, #truth) boxes, rows with true boxes only; "
                 "region_iou: IoU of the union of the model's boxes with the union of the true boxes, same rows. "
-                "acc@0.5: iou >= 0.5, or a correct no-finding answer. Statistics: population std."]
+                "acc@0.5: iou >= 0.5, or a correct no-finding answer. box/true area: predicted / true area of the "
+                "one-to-one matched boxes, per row, median over rows with a matched box (1 = the true size). "
+                "Statistics: population std."]
     for n in names:
         res = report["results"][n]
         out += ["", f"## {n}", ""]

@@ -20,7 +20,8 @@ weights 0.4/0.3/0.2/0.1 for rows with true boxes and 0.3/0.4/0.2/0.1 for no-find
   finding 0.3; no-finding rows: a clear no-finding statement 1 (0.7 when over 40 words).
 
 A part that fails (bad knowledge file, unexpected data) is replaced by the IoU
-score and counted in `fallbacks`.
+score and counted in `fallbacks`. `area_ratio` and `hit50` are the box-growth monitor
+(`medrl.rewards.box_growth`), as the IoU reward returns them.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from typing import Any, Sequence
 import yaml
 
 from medrl.boxes import CONVENTIONS, Box, BoxError, match_boxes
+from medrl.rewards import box_growth
 from medrl.rewards.answer import answer_section, extract_think
 from medrl.rewards.iou import GroundingParse, image_geometry, score_answer, truth_boxes
 
 logger = logging.getLogger(__name__)
 
 KEYS = ("score", "spatial", "semantic", "reasoning", "clinical", "iou", "fallbacks", "n_pred", "n_true",
-        "no_finding_truth")
+        "no_finding_truth", *box_growth.KEYS)
 WEIGHTS = {"spatial": 0.4, "semantic": 0.3, "reasoning": 0.2, "clinical": 0.1}
 WEIGHTS_NO_FINDING = {"spatial": 0.3, "semantic": 0.4, "reasoning": 0.2, "clinical": 0.1}
 PARTS = tuple(WEIGHTS)
@@ -285,7 +287,8 @@ def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_
     try:
         true = truth_boxes(ground_truth)
     except BoxError as exc:  # a truth that does not read scores 0, as in the IoU reward
-        return dict.fromkeys(KEYS, 0.0), GroundingParse([], [], [], False, box_convention, str(exc))
+        return ({**dict.fromkeys(KEYS, 0.0), **box_growth.NO_MATCH},
+                GroundingParse([], [], [], False, box_convention, str(exc)))
     width, height, min_px, max_px = image_geometry(extra_info, kwargs)
     base, pred, pairs = score_answer(answer, true, box_convention, width, height, min_px, max_px)
     no_finding = bool(base["no_finding"])
@@ -330,7 +333,8 @@ def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_
     norm = sum(float(w.get(k, 0.0)) for k in PARTS)
     score = min(1.0, max(0.0, total / norm)) if norm > 0 else 0.0
     result = {"score": score, **parts, "iou": base["score"], "fallbacks": float(fallbacks),
-              "n_pred": base["n_pred"], "n_true": base["n_true"], "no_finding_truth": 0.0 if true else 1.0}
+              "n_pred": base["n_pred"], "n_true": base["n_true"], "no_finding_truth": 0.0 if true else 1.0,
+              **{k: base[k] for k in box_growth.KEYS}}
     return result, GroundingParse(pred, true, pairs, no_finding, box_convention)
 
 

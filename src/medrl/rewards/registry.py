@@ -27,6 +27,9 @@ class RewardEntry:
 
 BUILTIN_REWARDS = {
     "iou": "medrl.rewards.iou",
+    "giou": "medrl.rewards.giou",
+    "f1iou": "medrl.rewards.f1iou",
+    "size": "medrl.rewards.size",
     "bleu": "medrl.rewards.bleu",
     "format": "medrl.rewards.format",
     "vqa": "medrl.rewards.vqa",

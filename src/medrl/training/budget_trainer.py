@@ -8,6 +8,8 @@ benchmark that validate at different rates still get the same training time. Aft
 the trainer predicts the next one from the slowest recent step; when it would end past the
 budget, the next step becomes verl's last step (`total_training_steps`), which validates and
 saves as a planned last step does. `trainer.total_training_steps` stays an upper bound.
+It also logs the reward's extra keys (the box-growth monitor among them) at every training step,
+which verl 0.9.1 does only in validation (`medrl.training.reward_metrics`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ def _trainer_class():
     from omegaconf import open_dict
     from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
 
-    class BudgetTrainer(PPOTrainerSync):
-        """verl's synchronous trainer that stops before its training time exceeds a budget."""
+    from medrl.training.reward_metrics import RewardMetricsMixin
+
+    class BudgetTrainer(RewardMetricsMixin, PPOTrainerSync):
+        """verl's synchronous trainer that stops before its training time exceeds a budget (and logs the
+        reward's extra keys at every training step: `medrl.training.reward_metrics`)."""
 
         def __init__(self, config):
             with open_dict(config):  # behave exactly as verl's "sync" mode wherever verl branches on it

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medrl.atomic import atomic_path
-from medrl.boxes import box_area
+from medrl.export.metrics import median_area_ratio
 from medrl.export.plots import pyplot, save_figure
 
 VALIDATION_DIR = "validation"  # trainer.validation_data_dir, inside the stage folder
@@ -57,12 +57,29 @@ def read_metrics(stage_dir: Path) -> dict[int, dict[str, Any]]:
     return steps
 
 
-def point(step: int, train_s: float, ious: Sequence[float], scores: Sequence[float]) -> ValPoint:
-    """A ValPoint from per-row IoUs and reward scores."""
-    ious = [0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in ious]
-    return ValPoint(step, round(train_s, 1), sum(ious) / max(1, len(ious)),
-                    sum(v >= ACC_IOU for v in ious) / max(1, len(ious)),
-                    sum(scores) / max(1, len(scores)), len(ious))
+def point(step: int, train_s: float, ious: Sequence[float | None], scores: Sequence[float],
+          accs: Sequence[float] | None = None) -> ValPoint:
+    """A ValPoint from per-row IoUs, reward scores and (optionally) acc@0.5 hits.
+
+    A NaN IoU counts as 0; a None IoU (a row whose truth has no box) is left out of the mIoU, as
+    `medrl eval` leaves it out. Without `accs`, acc@0.5 is the share of rows with IoU >= 0.5.
+    """
+    n = len(scores) if accs is None else len(accs)
+    if accs is None:
+        accs = [float(v is not None and v == v and v >= ACC_IOU) for v in ious]
+    boxed = [0.0 if isinstance(v, float) and math.isnan(v) else float(v) for v in ious if v is not None]
+    return ValPoint(step, round(train_s, 1), sum(boxed) / max(1, len(boxed)), sum(accs) / max(1, len(accs)),
+                    sum(scores) / max(1, len(scores)), max(n, len(ious)))
+
+
+def eval_figures(output: str, truth: Any) -> tuple[float | None, float]:
+    """(IoU or None when the truth has no box, acc@0.5) of one answer by `medrl eval`'s rules, whatever reward trained it."""
+    from medrl.export.metrics import grounding_metrics
+    from medrl.rewards.iou import score_details
+
+    _, parse = score_details(None, output or "", truth)
+    m = grounding_metrics(parse.pred, parse.true, parse.no_finding)
+    return m["iou"], m["acc@0.5"]
 
 
 def training_seconds(stage_dir: Path) -> dict[int, float]:
@@ -76,16 +93,27 @@ def training_seconds(stage_dir: Path) -> dict[int, float]:
     return out
 
 
-def grpo_curve(stage_dir: str | Path) -> list[ValPoint]:
-    """The validation curve of a GRPO stage, from verl's validation dumps and step timings."""
+def grpo_curve(stage_dir: str | Path, rescore: bool = False) -> list[ValPoint]:
+    """The validation curve of a GRPO stage, from verl's validation dumps and step timings.
+
+    By default each row's IoU is the `iou` key the reward wrote (the shipped spec's); with
+    `rescore`, IoU and acc@0.5 are recomputed from the dumped answer and truth by `medrl eval`'s
+    rules (`eval_figures`), so arms trained on different rewards, and rows without a finding, are
+    measured alike.
+    """
     stage_dir = Path(stage_dir)
     seconds = training_seconds(stage_dir)
     points = []
     for path in sorted((stage_dir / VALIDATION_DIR).glob("*.jsonl"), key=lambda p: int(p.stem)):
         recs = _jsonl_records(path)
         step = int(path.stem)
-        points.append(point(step, seconds.get(step, math.nan), [r.get("iou") for r in recs],
-                            [float(r["score"]) for r in recs]))
+        scores = [float(r["score"]) for r in recs]
+        if rescore:
+            figures = [eval_figures(r.get("output", ""), r.get("gts")) for r in recs]
+            points.append(point(step, seconds.get(step, math.nan), [f[0] for f in figures], scores,
+                                [f[1] for f in figures]))
+        else:
+            points.append(point(step, seconds.get(step, math.nan), [r.get("iou") for r in recs], scores))
     return points
 
 
@@ -98,21 +126,13 @@ def evaluate(model_dir: str | Path, val_parquet: str | Path, out_dir: str | Path
                     max_new_tokens=max_new_tokens, backend="transformers", progress=False, n_overlays=0)
     run_eval([str(model_dir)], cfg)
     recs = _jsonl_records(Path(out_dir) / "scores.jsonl")
-    return point(step, train_s, [r.get("metrics", {}).get("iou") for r in recs], [r["score"] for r in recs])
+    return point(step, train_s, [r.get("metrics", {}).get("iou") for r in recs], [r["score"] for r in recs],
+                 [float(r.get("metrics", {}).get("acc@0.5", 0.0)) for r in recs])
 
 
 def box_area_ratio(eval_dir: str | Path) -> float:
-    """Median of predicted box area / true box area over a `medrl eval` run's rows with one of each.
-
-    IoU rewards a larger box under uncertainty (it overlaps more often), so a gain in mIoU can come
-    with boxes that grow and fewer rows over IoU 0.5; this figure shows which.
-    """
-    ratios = []
-    for rec in _jsonl_records(Path(eval_dir) / "scores.jsonl"):
-        pred, true = rec.get("pred_boxes") or [], rec.get("true_boxes") or []
-        if len(pred) == 1 and len(true) == 1 and box_area(true[0]) > 0:
-            ratios.append(box_area(pred[0]) / box_area(true[0]))
-    return statistics.median(ratios) if ratios else math.nan
+    """Median box/true area over a `medrl eval` run's rows with matched boxes (`medrl.export.metrics.median_area_ratio`)."""
+    return median_area_ratio(_jsonl_records(Path(eval_dir) / "scores.jsonl"))
 
 
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
@@ -131,18 +151,24 @@ def read_points(path: Path) -> list[ValPoint]:
     return [ValPoint(**p) for p in json.loads(Path(path).read_text())]
 
 
-def plot_curves(curves: dict[str, list[list[ValPoint]]], path: Path, title: str = "validation mIoU") -> Path:
-    """Validation mIoU against training minutes: one colour per arm, one line per seed."""
+COLOURS = ("tab:blue", "tab:gray", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+           "tab:olive", "tab:cyan")
+METRIC_LABELS = {"miou": "validation mIoU (greedy)", "acc50": "validation acc@0.5 (greedy)"}
+
+
+def plot_curves(curves: dict[str, list[list[ValPoint]]], path: Path, title: str = "validation mIoU",
+                metric: str = "miou") -> Path:
+    """Validation mIoU (or `metric="acc50"`) against training minutes: one colour per arm, one line per seed."""
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
-    for (arm, runs), color in zip(curves.items(), ("tab:blue", "tab:gray", "tab:orange", "tab:green")):
+    for k, (arm, runs) in enumerate(curves.items()):
         for i, run in enumerate(runs):
             pts = [p for p in run if not math.isnan(p.train_s)]
-            ax.plot([p.train_s / 60 for p in pts], [p.miou for p in pts], marker="o", markersize=3, color=color,
-                    alpha=0.85, label=arm if i == 0 else None)
+            ax.plot([p.train_s / 60 for p in pts], [getattr(p, metric) for p in pts], marker="o", markersize=3,
+                    color=COLOURS[k % len(COLOURS)], alpha=0.85, label=arm if i == 0 else None)
     ax.set_xlabel("training time (minutes; start-up and validation excluded)")
-    ax.set_ylabel("validation mIoU (greedy)")
+    ax.set_ylabel(METRIC_LABELS[metric])
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medrl.atomic import atomic_open
+from medrl.export.metrics import area_ratio_note
 from medrl.export.plots import pyplot, save_figure
 from medrl.training import learning
 from medrl.training.recipes import _resolve
@@ -119,6 +120,7 @@ def learning_section(run_dir: Path, manifest: dict[str, Any], rl: str, sft: str 
     if "after RL" in evals:
         p = evals["after RL"][0]
         lines.append(f"| final model, medrl eval | {curve[-1].step} | {p.miou:.3f} | {p.acc50:.3f} | {p.reward:.3f} | {p.n} |")
+    lines += [""] + [f"- {label}: {area_ratio_note(learning.box_area_ratio(out))}" for label, (_, out) in evals.items()]
     plot = learning.plot_curves({rl: [curve]}, run_dir / "learning_curve.png", f"{rl}: validation mIoU")
     first, last = curve[0], curve[-1]
     mean, se, n = learning.paired_change(learning.validation_rows(run_dir / rl, first.step),

@@ -1,0 +1,113 @@
+"""benchmarks/bench_learning.py: reward arms, the arm list, the comparison table and re-scored curves (no trainer runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medrl.training import learning
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_learning
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return bench_learning
+
+
+def test_reward_arms_name_spec_files(bench, tmp_path):
+    arms = bench.reward_arms("iou, giou,f1iou")
+    assert arms == {"grpo": REPO / "recipes/rewards/grounding.yaml",
+                    "grpo_giou": REPO / "recipes/rewards/candidates/giou.yaml",
+                    "grpo_f1iou": REPO / "recipes/rewards/candidates/f1iou.yaml"}
+    own = tmp_path / "mine.yaml"
+    own.write_text("routes: {medrl/grounding: {iou: 1.0}}\n")
+    assert bench.reward_arms(str(own)) == {"grpo_mine": own}
+    with pytest.raises(ValueError, match=r"'ciou' is neither .*iou_size"):
+        bench.reward_arms("iou,ciou")
+    with pytest.raises(ValueError, match="given twice"):
+        bench.reward_arms("giou,giou")
+    assert bench.reward_arms(None) == {}
+
+
+def test_grpo_stands_for_every_reward_arm(bench):
+    rewards = bench.reward_arms("iou,giou")
+    assert bench.arm_list(["grpo", "shuffled", "sft"], rewards) == ["grpo", "grpo_giou", "shuffled", "sft"]
+    assert bench.arm_list(["shuffled", "grpo"], {}) == ["shuffled", "grpo"]
+
+
+def _final(miou, acc50, step=10):
+    return {"step": step, "train_s": 600.0, "miou": miou, "acc50": acc50, "reward": miou, "n": 3}
+
+
+def _scores(folder: Path, ratios: list[float]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    t = [0.0, 0.0, 0.25, 0.25]
+    rows = [{"pred_boxes": [[0.0, 0.0, 0.25, 0.25 * r]], "true_boxes": [t]} for r in ratios]
+    (folder / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_table_gives_min_median_max_over_seeds_and_margins_over_shuffled(bench, tmp_path):
+    results = {}
+    figures = {0: {"start": (0.30, 0.20), "grpo": (0.35, 0.22), "grpo_giou": (0.40, 0.30), "shuffled": (0.28, 0.18)},
+               1: {"start": (0.26, 0.10), "grpo": (0.33, 0.12), "grpo_giou": (0.30, 0.16), "shuffled": (0.27, 0.11)},
+               2: {"start": (0.28, 0.16), "grpo": (0.30, 0.16), "grpo_giou": (0.36, 0.24), "shuffled": (0.20, 0.09)}}
+    areas = {"start": [1.2, 1.2], "grpo": [2.0, 2.0], "grpo_giou": [1.0, 1.0], "shuffled": [3.0, 3.0]}
+    for seed, arms in figures.items():
+        results[seed] = {"start": _final(*arms["start"], step=0)}
+        for arm, (miou, acc) in arms.items():
+            if arm != "start":
+                results[seed][arm] = {"curve": [], "final": _final(miou, acc)}
+            ratios = [r * (1 + seed / 10) for r in areas[arm]]  # seed 0, 1, 2: x1.0, x1.1, x1.2
+            _scores(bench.final_eval_dir(tmp_path, seed, arm, results[seed]), ratios)
+    text = bench.table(results, ["grpo", "grpo_giou", "shuffled"], tmp_path)
+    lines = {line.split()[0]: line for line in text.splitlines()[2:6]}
+    # grpo_giou: mIoU 0.30/0.36/0.40, gain +0.04/+0.08/+0.10, acc@0.5 0.16/0.24/0.30, gain +0.06/+0.08/+0.10
+    assert lines["grpo_giou"].split()[2:7] == ["0.300/0.360/0.400", "+0.040/+0.080/+0.100", "0.160/0.240/0.300",
+                                               "+0.060/+0.080/+0.100", "1.00/1.10/1.20"]
+    assert lines["grpo"].split()[-1] == "2.00/2.20/2.40" and lines["start"].split()[-1] == "1.20/1.32/1.44"
+    assert "grpo_giou mIoU minus shuffled mIoU, per seed: +0.120, +0.030, +0.160" in text
+    assert "grpo mIoU minus shuffled mIoU, per seed: +0.070, +0.060, +0.100" in text
+    assert "shuffled mIoU minus" not in text
+    # Issue 23's targets, worst seed: giou gains acc +0.06 and mIoU +0.04, areas 1.00..1.20, over shuffled +0.03.
+    assert ("grpo_giou targets, worst seed: acc@0.5 gain +0.060 (met); mIoU gain +0.040 (missed by 0.010); "
+            "box/true area in [0.8, 1.25]: 1.00..1.20 (met); mIoU over shuffled +0.030 (>= +0.04: missed by 0.010)"
+            in text)
+    assert "grpo targets, worst seed: acc@0.5 gain +0.000 (missed by 0.050)" in text
+    assert "box/true area in [0.8, 1.25]: 2.00..2.40 (missed by 1.15)" in text
+
+
+def test_rescored_curve_measures_every_arm_by_eval_rules(tmp_path):
+    stage = tmp_path / "grpo_giou"
+    (stage / learning.VALIDATION_DIR).mkdir(parents=True)
+    rows = [  # a giou-trained arm: its dump has no `iou` key; figures come from the answers
+        {"output": "<answer>[0, 0, 0.25, 0.25]</answer>", "gts": "[[0, 0, 0.25, 0.25]]", "score": 0.9},   # IoU 1
+        {"output": "<answer>[0, 0, 0.5, 0.5]</answer>", "gts": "[[0, 0, 0.25, 0.25]]", "score": 0.6},     # IoU 1/4
+        {"output": "<answer>No abnormalities are detected.</answer>", "gts": "[]", "score": 0.7},          # hit, no IoU
+        {"output": "<answer>[0, 0, 0.5, 0.5]</answer>", "gts": "[]", "score": 0.0}]                         # miss
+    (stage / learning.VALIDATION_DIR / "0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (p,) = learning.grpo_curve(stage, rescore=True)
+    assert (p.miou, p.acc50, p.reward, p.n) == (pytest.approx(0.625), 0.5, pytest.approx(0.55), 4)
+    (q,) = learning.grpo_curve(stage)  # the reward's own `iou` key: absent, so every row counts 0
+    assert q.miou == 0.0
+
+
+def test_plot_curves_draws_acc50_for_many_arms(tmp_path):
+    curve = [learning.ValPoint(0, 0.0, 0.2, 0.1, 0.2, 3), learning.ValPoint(5, 60.0, 0.3, 0.2, 0.3, 3)]
+    path = learning.plot_curves({f"arm{i}": [curve] for i in range(6)}, tmp_path / "acc.png", "acc", metric="acc50")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_help_runs():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_learning.py"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--reward-arms" in out.stdout and "--data {one,vindr}" in out.stdout
