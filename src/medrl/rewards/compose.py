@@ -39,7 +39,7 @@ import inspect
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import yaml
@@ -255,13 +255,14 @@ def with_reward_kwargs(spec: Any = None, **overrides: Any) -> Spec:
     """
     s = load_spec(spec)
 
-    def takes(name: str) -> dict:
-        params = inspect.signature(get_reward(name).fn).parameters
+    def takes(term: Term) -> dict:
+        # The term's own reward (a user's file too): looking it up by name loses the file.
+        params = inspect.signature(term.reward().fn).parameters
         return {k: v for k, v in overrides.items() if k in params}
 
-    routes = tuple(Route(r.pattern, tuple(Term(t.name, t.weight, {**t.kwargs, **takes(t.name)}) for t in r.terms))
+    routes = tuple(Route(r.pattern, tuple(replace(t, kwargs={**t.kwargs, **takes(t)}) for t in r.terms))
                    for r in s.routes)
-    kwargs = {**s.kwargs, **{t.name: {**s.kwargs.get(t.name, {}), **takes(t.name)} for r in routes for t in r.terms}}
+    kwargs = {**s.kwargs, **{t.name: {**s.kwargs.get(t.name, {}), **takes(t)} for r in routes for t in r.terms}}
     return Spec(routes, kwargs, s.keys)
 
 
