@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
 
-from medrl.boxes import CONVENTIONS, Box, BoxError, match_boxes, parse_boxes, read_truth_boxes, to_norm1
+from medrl.boxes import Box, BoxError, check_convention, match_boxes, parse_boxes, read_truth_boxes, to_norm1
 from medrl.no_finding import states_no_finding
 from medrl.rewards.answer import answer_section
 from medrl.rewards.region_iou import region_iou, region_overlaps
@@ -153,8 +153,7 @@ def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_
                   box_convention: str = "auto", no_finding_score: float = NO_FINDING_SCORE, iou_mode: str = "match",
                   **kwargs: Any) -> tuple[dict, GroundingParse]:
     """The grounding reward (keys `KEYS`) and what it read: the one parse that evaluation reports from."""
-    if box_convention not in CONVENTIONS:
-        raise ValueError(f"iou reward: unknown box_convention {box_convention!r}; expected one of {CONVENTIONS}")
+    check_convention(box_convention, "iou reward: box_convention")
     if iou_mode not in IOU_MODES:
         raise ValueError(f"iou reward: unknown iou_mode {iou_mode!r}; expected one of {IOU_MODES}")
     answer, _ = answer_section(solution_str)
