@@ -15,6 +15,7 @@ from typing import Any
 
 from medrl.boxes import BoxError, read_truth_boxes
 from medrl.data.records import IMAGE_TOKEN
+from medrl.rewards.tasks import row_task
 
 P_PLACEHOLDER = "<image> count differs from image count"
 P_IMAGE = "unreadable image"
@@ -76,7 +77,7 @@ def row_problems(rec: dict, image_key: str, prompt_key: str, image_problem, rout
             break
     rm = rec.get("reward_model") or {}
     ds = str(rec.get("data_source"))
-    if "grounding" in str(rec.get("ability", "")) or "grounding" in ds:
+    if row_task(rec.get("ability"), ds, tasks=("grounding",)):
         why = truth_problem(rm.get("ground_truth") if isinstance(rm, dict) else None)
         if why:
             out.append((P_TRUTH, why))
