@@ -223,8 +223,8 @@ def test_cpu_tiny_prompt_length_fits_every_sample_prompt(tmp_path, tiny_model_di
     limit = recipe.stage("grpo").overrides["data.max_prompt_length"]
     sample, prepare = recipe.raw["prepare"]  # generate the grounding set, then convert it
     assert sample[0] == "sample"
-    assert main(["prepare", *(str(R._resolve(a, tmp_path)) for a in sample)]) == 0
-    assert main(["prepare", *(str(R._resolve(a, tmp_path)) for a in prepare), "--output_dir", str(tmp_path)]) == 0
+    assert main(["prepare", *(str(R.resolve_path(a, tmp_path)) for a in sample)]) == 0
+    assert main(["prepare", *(str(R.resolve_path(a, tmp_path)) for a in prepare), "--output_dir", str(tmp_path)]) == 0
     for split in ("train", "val"):
         report = check_file(tmp_path / f"{split}.parquet", processor=str(tiny_model_dir),
                             max_prompt_length=limit, progress=False)

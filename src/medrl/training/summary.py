@@ -10,7 +10,7 @@ from typing import Any
 from medrl.atomic import atomic_open
 from medrl.export.plots import pyplot, save_figure
 from medrl.training import learning
-from medrl.training.recipes import _resolve
+from medrl.training.recipes import resolve_path, reward_spec
 
 
 def _series(steps: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
@@ -97,8 +97,8 @@ def learning_section(run_dir: Path, manifest: dict[str, Any], rl: str, sft: str 
     curve = learning.grpo_curve(run_dir / rl)
     if not val or not curve:
         return ["(no validation dumps: set trainer.validation_data_dir to see the learning curve)", ""]
-    spec = (manifest.get("recipe", {}).get("content", {}).get("reward", {}).get("kwargs") or {}).get("spec")
-    spec = str(_resolve(spec, run_dir)) if spec else None
+    spec = reward_spec(manifest.get("recipe", {}).get("content", {}).get("reward"))
+    spec = str(resolve_path(spec, run_dir)) if spec else None
     evals = {}
     models = [("before SFT", run_dir / "model"), ("after RL", run_dir / rl / "merged")]
     if sft:
