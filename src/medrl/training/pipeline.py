@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from medrl.atomic import write_json
 from medrl.training.env import metrics_env, run_env
-from medrl.training.recipes import Recipe, RecipeError, Stage, _resolve, resolve_paths
+from medrl.training.recipes import Recipe, RecipeError, Stage, resolve_path, resolve_paths
 from medrl.training.verl_command import build_command, format_command
 
 DONE = ".medrl_done"
@@ -69,8 +69,8 @@ def latest_checkpoint(stage: Stage, stage_dir: Path) -> Path:
     return folder / "actor" if stage.trainer == "ppo" else folder
 
 
-def _stream(cmd: list[str], env: dict[str, str], log: Path, echo: Callable[[str], None] | None) -> int:
-    """Run `cmd`, writing everything to `log` and echoing progress lines."""
+def stream_to_log(cmd: list[str], env: dict[str, str], log: Path, echo: Callable[[str], None] | None) -> int:
+    """Run `cmd`, appending everything it prints to `log` and echoing verl's step lines; its exit code."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
@@ -136,11 +136,11 @@ def _prepare(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> None:
         if (out / "summary.json").is_file():
             continue
         # Paths in the recipe are relative to the repository (or the current folder): resolve them.
-        cmd = [sys.executable, "-m", "medrl.cli", "prepare", *[str(_resolve(a, run_dir)) for a in args]]
+        cmd = [sys.executable, "-m", "medrl.cli", "prepare", *[str(resolve_path(a, run_dir)) for a in args]]
         if args[0] != "sample":
             cmd += ["--output_dir", str(out)]
         echo(f"[data] medrl prepare {' '.join(map(str, args))}")
-        if _stream(cmd, env, run_dir / "prepare.log", None) != 0:
+        if stream_to_log(cmd, env, run_dir / "prepare.log", None) != 0:
             raise RuntimeError(f"data preparation failed; see {run_dir / 'prepare.log'}")
 
 
@@ -154,7 +154,7 @@ def check_reward(recipe: Recipe) -> None:
     from medrl.rewards.user_reward import load_reward_file
 
     path, name = recipe.reward.get("path"), recipe.reward.get("name", "compute_score")
-    spec = (recipe.reward.get("kwargs") or {}).get("spec")
+    spec = recipe.reward_spec
     try:
         if path:
             load_reward_file(path, name)
@@ -250,7 +250,7 @@ def run_pipeline(
         write_json(manifest_path, manifest)
         echo(f"[{st.name}] {st.trainer} trainer starting (log: {stage_dir / 'train.log'})")
         t = time.time()
-        rc = _stream(cmd, stage_env, stage_dir / "train.log", lambda line, n=st.name: echo(f"[{n}] {line}"))
+        rc = stream_to_log(cmd, stage_env, stage_dir / "train.log", lambda line, n=st.name: echo(f"[{n}] {line}"))
         manifest["timings_s"][st.name] = round(time.time() - t, 1)
         if rc != 0:
             manifest["stages"][st.name]["status"] = f"failed (exit {rc})"

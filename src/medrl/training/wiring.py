@@ -313,7 +313,7 @@ def run_traced(model: str, train: str, out: str | os.PathLike, *, val: str | Non
                echo: Callable[[str], None] = print) -> tuple[Path, Any]:
     """Run `steps` traced GRPO steps of the recipe's RL stage from `model`; returns (trace dir, recipe)."""
     from medrl.training.env import metrics_env, run_env
-    from medrl.training.pipeline import _stream
+    from medrl.training.pipeline import stream_to_log
     from medrl.training.recipes import apply_overrides, load_recipe, resolve_paths
     from medrl.training.verl_command import build_command
 
@@ -329,7 +329,7 @@ def run_traced(model: str, train: str, out: str | os.PathLike, *, val: str | Non
     env = {**run_env(rec.device), **metrics_env(out)}
     echo(f"[wiring] {steps} traced GRPO step(s) of {rec.name}/{stage}, rollout "
          f"{rec.stage(stage).overrides.get('actor_rollout_ref.rollout.name', 'vllm')}; log {out / 'train.log'}")
-    rc = _stream(cmd, env, out / "train.log", lambda line: echo(f"[wiring] {line}"))
+    rc = stream_to_log(cmd, env, out / "train.log", lambda line: echo(f"[wiring] {line}"))
     if rc != 0:
         raise RuntimeError(f"traced GRPO run failed (exit {rc}); see {out / 'train.log'}")
     return trace_dir, rec
