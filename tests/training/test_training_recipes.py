@@ -262,3 +262,11 @@ def test_runtime_env_overrides_stay_strings_for_ray(tmp_path):
         "+ray_kwargs.ray_init.runtime_env.env_vars.MEDRL_TRAIN_BUDGET_S=480.0"]), tmp_path)
     a = _args(C.build_command(recipe, recipe.stage("grpo"), tmp_path / "grpo", model_path="/m"))
     assert a["+ray_kwargs.ray_init.runtime_env.env_vars.MEDRL_TRAIN_BUDGET_S"] == "'480.0'"
+
+
+def test_the_reward_spec_has_one_home(tmp_path):
+    """`reward.kwargs.spec` is read in one place, from a Recipe and from a run manifest's recipe content."""
+    recipe = R.apply_overrides(R.load_recipe("cpu_tiny"), ["reward.kwargs.spec=my_spec.yaml"])
+    assert recipe.reward_spec == "my_spec.yaml" == R.reward_spec(recipe.raw["reward"])
+    assert R.reward_spec(None) is None and R.reward_spec({"kwargs": None}) is None
+    assert R.recipe_from_raw(recipe.raw, recipe.path).reward_spec == "my_spec.yaml"
