@@ -3,10 +3,10 @@ image with its true and predicted boxes before and after RL, the reward curve an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from medrl import jsonl
 from medrl.atomic import atomic_open
 from medrl.export.plots import pyplot, save_figure
 from medrl.training import learning
@@ -78,7 +78,7 @@ def before_after_figure(image: Any, truth: list, before: list, after: list, path
 
 
 def _scores(eval_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (eval_dir / "scores.jsonl").read_text().splitlines() if line.strip()]
+    return jsonl.read(eval_dir / "scores.jsonl")
 
 
 def _response_length(manifest: dict[str, Any], rl: str, default: int = 64) -> int:

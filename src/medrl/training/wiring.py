@@ -21,7 +21,6 @@ A check fails loudly with the first offending rollouts; `format_report` prints a
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from medrl import jsonl
 from medrl.training.env import trainer_mode_overrides
 
 # The traced trainer (`medrl.training.wiring_trace`, imported inside verl's processes) and how
@@ -102,7 +102,7 @@ def read_trace(trace_dir: str | os.PathLike) -> dict[int, list[dict]]:
     """{step: [rollout record, ...]} from a traced run's `step_N.jsonl` files."""
     steps: dict[int, list[dict]] = {}
     for path in sorted(Path(trace_dir).glob("step_*.jsonl")):
-        recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        recs = jsonl.read(path)
         if recs:
             steps[int(path.stem.split("_")[1])] = recs
     if not steps:
