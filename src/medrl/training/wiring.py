@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -122,16 +121,12 @@ class Rows:
 
 def load_rows(parquet: str | os.PathLike, processor_path: str, wanted: set[int]) -> Rows:
     """Read the rows `wanted` through verl's own RLHFDataset and image path (as the agent loop does)."""
-    from omegaconf import OmegaConf
-    from transformers import AutoProcessor
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    proc = AutoProcessor.from_pretrained(processor_path)
+    from medrl.data.check_rules import verl_dataset
+
     truth, extra, source, image = {}, {}, {}, {}
-    with tempfile.TemporaryDirectory(prefix="medrl-wiring-") as cache:
-        config = OmegaConf.create({"cache_dir": cache, "max_prompt_length": 10**9, "filter_overlong_prompts": False,
-                                   "return_raw_chat": True, "image_key": "images", "prompt_key": "prompt"})
-        ds = RLHFDataset(data_files=[str(parquet)], tokenizer=proc.tokenizer, config=config, processor=proc)
+    with verl_dataset(parquet, processor_path) as (ds, proc, config):
         patch = getattr(proc.image_processor, "patch_size", 14)
         for i in range(len(ds)):
             raw = ds.dataframe[i]
