@@ -264,6 +264,17 @@ def test_runtime_env_overrides_stay_strings_for_ray(tmp_path):
     assert a["+ray_kwargs.ray_init.runtime_env.env_vars.MEDRL_TRAIN_BUDGET_S"] == "'480.0'"
 
 
+def test_the_runtime_env_prefix_has_one_home():
+    from medrl.training.env import is_runtime_env_key, runtime_env_key, trainer_mode_overrides
+
+    assert runtime_env_key("X") == "+ray_kwargs.ray_init.runtime_env.env_vars.X"
+    assert is_runtime_env_key("+ray_kwargs.ray_init.runtime_env.env_vars.X") and is_runtime_env_key(
+        "ray_kwargs.ray_init.runtime_env.env_vars.X") and not is_runtime_env_key("ray_kwargs.ray_init.num_cpus")
+    keys = trainer_mode_overrides("m", "my.module", {"A": "1"})
+    assert keys[0] == "trainer.v1.trainer_mode=m" and keys[2] == runtime_env_key("A") + "=1"
+    assert keys[1].startswith(runtime_env_key("VERL_USE_EXTERNAL_MODULES") + "=") and keys[1].endswith(",my.module")
+
+
 def test_the_reward_spec_has_one_home(tmp_path):
     """`reward.kwargs.spec` is read in one place, from a Recipe and from a run manifest's recipe content."""
     recipe = R.apply_overrides(R.load_recipe("cpu_tiny"), ["reward.kwargs.spec=my_spec.yaml"])
