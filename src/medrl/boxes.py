@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from medrl.plain import plain
+
 Box = tuple[float, float, float, float]
 
 CONVENTIONS = ("norm1", "norm1000", "abs", "abs_resized", "auto")
@@ -255,7 +257,7 @@ def read_truth_boxes(value: Any, width: int | None = None, height: int | None = 
         except (ValueError, RecursionError) as exc:
             raise BoxError("boxes are not JSON") from exc
     try:
-        value = _plain(value)
+        value = plain(value)
     except RecursionError as exc:
         raise BoxError("boxes nested too deeply") from exc
     if isinstance(value, dict):
@@ -277,15 +279,6 @@ def read_truth_boxes(value: Any, width: int | None = None, height: int | None = 
             continue
         boxes.append(_truth_box(item, width, height))
     return boxes
-
-
-def _plain(obj: Any) -> Any:
-    """numpy arrays (also object arrays of arrays) and tuples -> plain lists."""
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        obj = obj.tolist()
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def _is_number(v: Any) -> bool:

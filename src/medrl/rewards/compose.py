@@ -44,6 +44,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from medrl.plain import plain
 from medrl.rewards import user_reward
 from medrl.rewards.registry import (  # noqa: F401  (re-exported: the API users import from here)
     BUILTIN_REWARDS,
@@ -166,7 +167,7 @@ def load_spec(spec: Any = None) -> Spec:
     if isinstance(spec, Spec):
         return spec
     if hasattr(spec, "items") and not isinstance(spec, dict):  # OmegaConf DictConfig from Hydra
-        spec = json.loads(json.dumps(_plain(spec)))
+        spec = json.loads(json.dumps(plain(spec)))
     if isinstance(spec, dict):
         key: Any = ("dict", json.dumps(spec, sort_keys=True, default=str))
         if key not in _SPEC_CACHE:
@@ -204,14 +205,6 @@ def load_spec(spec: Any = None) -> Spec:
             return load_spec(yaml.safe_load(text))
     raise ValueError(f"reward spec {text!r} is not a file, a JSON/YAML mapping, or a reward name "
                      f"({', '.join(reward_names())})")
-
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "items"):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ListConfig":
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def find_route(data_source: str, spec: Any = None) -> Route | None:
