@@ -121,8 +121,8 @@ class MixedRows:
         log.problems[P_MIXED]["count"] = minority
 
 
-def _image_problem(img: Any) -> str | None:
-    """Why one `images` entry would not load, or None."""
+def image_problem(img: Any) -> str | None:
+    """Why one `images` entry would not load with PIL (bytes or a local file; URLs are not fetched), or None."""
     from PIL import Image
 
     try:
