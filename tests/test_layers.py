@@ -1,6 +1,6 @@
 """The package's layers, read from its imports: no circles, and nothing imports a layer above its own.
 
-    boxes / atomic / jsonl / plain / no_finding / change_action / vllm_env  <-  rewards  <-  data / export  <-  training  <-  slurm / cli
+    boxes / atomic / jsonl / plain / flags / no_finding / change_action / vllm_env  <-  rewards  <-  data / export  <-  training  <-  slurm / cli
 
 Every import counts, also those inside functions: a lazy import is still a dependency.
 """
@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Module (or package) -> layer. The longest matching name decides; a module with none fails the test.
 LAYERS = {
     "medrl": 0, "medrl.atomic": 0, "medrl.boxes": 0, "medrl.no_finding": 0, "medrl.change_action": 0,
-    "medrl.vllm_env": 0, "medrl.jsonl": 0, "medrl.plain": 0,
+    "medrl.vllm_env": 0, "medrl.jsonl": 0, "medrl.plain": 0, "medrl.flags": 0,
     "medrl.rewards": 1,
     "medrl.data": 2, "medrl.export": 2,
     "medrl.training": 3,

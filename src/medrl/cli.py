@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from medrl import slurm
+from medrl.flags import Parser
 from medrl.data import commands as data_commands
 from medrl.export import commands as export_commands
 from medrl.rewards import commands as reward_commands
@@ -25,7 +26,7 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser from every installed command module."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="medrl", description="Reinforcement-learning post-training of medical vision-language models on verl."
     )
     parser.add_argument("--version", action="version", version=f"medrl {_version()}")

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from medrl.atomic import atomic_path
+from medrl.flags import Parser
 from medrl.training.argv import collect_overrides
 
 # sbatch reads #SBATCH lines itself, so quoting does not help there: allow only plain tokens.
@@ -251,7 +252,7 @@ def write_job(path: str | os.PathLike, recipe: str, **options) -> Path:
 
 def _write_examples(out_dir: str | os.PathLike, names) -> list[Path]:
     # `medrl slurm`'s own parser, not the whole CLI's: the CLI imports this module.
-    parser = argparse.ArgumentParser(prog="medrl")
+    parser = Parser(prog="medrl")
     register(parser.add_subparsers(dest="command"))
     written = []
     for name in names:

@@ -4,7 +4,7 @@ Input: a folder written by `datasets.Dataset(Dict).save_to_disk` with columns
 `image` (before), `image2` (after), `caption` (a string or a list of strings) and
 `bbox` ([x1, y1, x2, y2] in pixels of the image, or in [0, 1]; a list of such boxes;
 empty, null or all zeros for "no change"). A DatasetDict's splits are written as
-`<split>.parquet`; a single Dataset is split by `--val_fraction` like the LLaVA path.
+`<split>.parquet`; a single Dataset is split by `--val-fraction` like the LLaVA path.
 
 Rows (each with `<image>` twice, before then after):
 - ``grounding`` -> data_source ``medrl/change_grounding``; ground truth: JSON list of
