@@ -155,3 +155,10 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
                                  "medrl.data.b (data/export) imports medrl.training.recipes (training)"]
     assert cycles(g) == [["medrl.boxes", "medrl.rewards.iou"], ["medrl.data.a", "medrl.data.b"]]
     assert layer_of("medrl.newthing") is None and layer_of("medrl.data.a") == 2
+
+
+def test_the_cli_is_in_the_graph(graph):
+    """cli.py imports its command modules (not by name string), so the checks above cover the CLI too."""
+    assert {"medrl.data.commands", "medrl.rewards.commands", "medrl.training.commands", "medrl.slurm",
+            "medrl.export.commands"} <= graph["medrl.cli"]
+    assert not any(dep == "medrl.cli" for deps in graph.values() for dep in deps)  # nothing imports it back
