@@ -162,3 +162,22 @@ def test_small_exact_matching_equals_hungarian(pred, true):
     m = np.array([[B.iou(p, t) for t in true] for p in pred])
     rows, cols = linear_sum_assignment(m, maximize=True)
     assert sum(v for *_, v in pairs) == pytest.approx(m[rows, cols].sum(), abs=1e-9)
+
+
+def test_one_convention_check_for_every_reader():
+    """iou, enhanced and change raise the same clear error on an unknown convention; `medrl eval` offers the list."""
+    from medrl.export.commands import register
+    from medrl.rewards import change, enhanced, iou
+
+    assert B.check_convention("abs_resized") == "abs_resized"
+    for module in (iou, enhanced, change):
+        with pytest.raises(ValueError, match=r"box_convention: unknown box convention 'pixels'; expected one of "
+                                             r"norm1, norm1000, abs, abs_resized, auto"):
+            module.compute_score("medrl/grounding", "<answer>[1, 2, 3, 4]</answer>", "[]", {},
+                                 box_convention="pixels")
+    import argparse
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    action = next(a for a in sub.choices["eval"]._actions if "--box-convention" in a.option_strings)
+    assert tuple(action.choices) == B.CONVENTIONS

@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+from medrl.plain import plain
+
 Box = tuple[float, float, float, float]
 
 CONVENTIONS = ("norm1", "norm1000", "abs", "abs_resized", "auto")
@@ -132,11 +134,20 @@ def smart_resize(
     return h_bar, w_bar
 
 
+def check_convention(convention: Any, who: str = "box_convention") -> str:
+    """`convention` if it is one of CONVENTIONS, else a ValueError naming `who` and the valid names.
+
+    The one check every reader of a box convention uses (rewards, `medrl eval`): a misspelt
+    convention is a setting error, never silently read as `auto`.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"{who}: unknown box convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
+    return convention
+
+
 def resolve_convention(box: Sequence[float], convention: str, width: float | None, height: float | None) -> str:
     """Apply the documented `auto` rule; other conventions are returned unchanged."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown box convention {convention!r}; expected one of {CONVENTIONS}")
-    if convention != "auto":
+    if check_convention(convention) != "auto":
         return convention
     top = max(box)
     if top <= 1.0:
@@ -165,7 +176,8 @@ def _scale(conv: str, width: float | None, height: float | None,
         return float(rw), float(rh)
     if conv == "unknown":
         raise BoxError("coordinates above 1 with no known image size")
-    raise ValueError(f"unknown box convention {conv!r}; expected one of {CONVENTIONS}")
+    check_convention(conv)
+    raise AssertionError(f"convention {conv!r} has no scale")  # a new entry in CONVENTIONS needs one here
 
 
 def to_norm1(
@@ -245,7 +257,7 @@ def read_truth_boxes(value: Any, width: int | None = None, height: int | None = 
         except (ValueError, RecursionError) as exc:
             raise BoxError("boxes are not JSON") from exc
     try:
-        value = _plain(value)
+        value = plain(value)
     except RecursionError as exc:
         raise BoxError("boxes nested too deeply") from exc
     if isinstance(value, dict):
@@ -267,15 +279,6 @@ def read_truth_boxes(value: Any, width: int | None = None, height: int | None = 
             continue
         boxes.append(_truth_box(item, width, height))
     return boxes
-
-
-def _plain(obj: Any) -> Any:
-    """numpy arrays (also object arrays of arrays) and tuples -> plain lists."""
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        obj = obj.tolist()
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def _is_number(v: Any) -> bool:

@@ -3,35 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from medrl import slurm
+from medrl.flags import Parser
+from medrl.data import commands as data_commands
+from medrl.export import commands as export_commands
+from medrl.rewards import commands as reward_commands
+from medrl.training import commands as training_commands
+
 # Each module exposes `register(subparsers)`, adding its sub-command(s) with
-# `set_defaults(func=...)`. Modules are imported lazily-ish: only their
-# `register` runs at start-up, heavy imports stay inside the command functions.
+# `set_defaults(func=...)`. Only `register` runs at start-up; heavy imports stay
+# inside the command functions.
 COMMAND_MODULES = [
-    "medrl.data.commands",      # prepare, check
-    "medrl.rewards.commands",   # reward score / explain
-    "medrl.training.commands",  # tiny-model, train, pipeline, demo
-    "medrl.slurm",              # slurm
-    "medrl.export.commands",    # merge, eval
+    data_commands,      # prepare, check
+    reward_commands,    # reward score / explain / new / check
+    training_commands,  # tiny-model, train, rehearse, wiring, pipeline, demo
+    slurm,              # slurm
+    export_commands,    # merge, eval
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser from every installed command module."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="medrl", description="Reinforcement-learning post-training of medical vision-language models on verl."
     )
     parser.add_argument("--version", action="version", version=f"medrl {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name or name.startswith(f"{exc.name}."):
-                continue  # that part of medrl is not built yet
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from medrl.atomic import atomic_path
+from medrl.flags import Parser
 from medrl.training.argv import collect_overrides
 
 # sbatch reads #SBATCH lines itself, so quoting does not help there: allow only plain tokens.
@@ -250,12 +251,14 @@ def write_job(path: str | os.PathLike, recipe: str, **options) -> Path:
 
 
 def _write_examples(out_dir: str | os.PathLike, names) -> list[Path]:
-    from medrl.cli import main
-
+    # `medrl slurm`'s own parser, not the whole CLI's: the CLI imports this module.
+    parser = Parser(prog="medrl")
+    register(parser.add_subparsers(dest="command"))
     written = []
     for name in names:
         path = Path(out_dir) / name
-        if main(["slurm", *EXAMPLE_JOBS[name], "--out", str(path)]) != 0:
+        args = parser.parse_args(["slurm", *EXAMPLE_JOBS[name], "--out", str(path)])
+        if args.func(args) != 0:
             raise SlurmJobError(f"could not render {name}")
         written.append(path)
     return written

@@ -191,6 +191,8 @@ def test_instruction_can_be_turned_off_and_sft_rows_carry_the_whole_chat(png, tm
     res = build(_multi(tmp_path), tmp_path, sft=True)
     assert res.sft_rows[0]["messages"][1]["content"].startswith("<think>")
     assert res.sft_rows[0]["messages"][1]["content"].endswith("<answer>at [0.10, 0.10, 0.20, 0.20]</answer>")
+    res = build(_multi(tmp_path), tmp_path, sft=True, sft_think="")  # "" is an empty think, not the default
+    assert res.sft_rows[0]["messages"][1]["content"].startswith("<think></think><answer>")
 
 
 def test_ref_mode_writes_file_uri_with_pixel_bounds(png, tmp_path):

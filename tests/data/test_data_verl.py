@@ -199,3 +199,21 @@ def test_two_image_rows_load_through_verl(sample_json, tiny_model_dir, tmp_path)
     ds, _ = _rlhf(out / "train.parquet", tiny_model_dir, tmp_path)
     parts = [c for m in ds[1]["raw_prompt"] for c in m["content"]]
     assert [c["type"] for c in parts][:2] == ["image", "image"]
+
+
+def test_one_way_to_load_rows_through_verl(prepared, tiny_model_dir):
+    """`check_rules.verl_dataset` is how `medrl check` and `medrl wiring` read rows: all rows, raw chat, cache gone."""
+    from medrl.data.check_rules import verl_dataset
+    from medrl.training.wiring import load_rows
+
+    path = prepared["grounding"] / "train.parquet"
+    table = pq.read_table(path).to_pylist()
+    with verl_dataset(path, str(tiny_model_dir)) as (ds, proc, config):
+        cache = Path(config.cache_dir)
+        assert len(ds) == len(table) and "raw_prompt" in ds[0] and proc.tokenizer is not None
+    assert not cache.exists()
+    rows = load_rows(path, str(tiny_model_dir), {0, 1})
+    by_index = {r["extra_info"]["index"]: r for r in table}
+    assert set(rows.truth) == {0, 1} and all(rows.truth[i] == by_index[i]["reward_model"]["ground_truth"]
+                                             for i in rows.truth)
+    assert rows.data_source[0] == "medrl/grounding" and len(rows.image[0]) > 0

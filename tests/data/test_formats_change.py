@@ -146,3 +146,14 @@ def test_prompt_length_rejects_one_row_and_keeps_the_pair_other_rows(sample_dir)
     rows = pq.read_table(out / "test.parquet").to_pylist()
     assert {r["data_source"] for r in rows} == {"medrl/change_caption"}
     assert [r["extra_info"]["index"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_sft_think_rule_is_the_llava_converters(sample_dir):
+    """`--sft_think ""` is an empty think in change rows as in LLaVA rows; None is the task's default."""
+    from medrl.data.change import SFT_THINK
+    from medrl.rewards.answer import strict_parts
+
+    item = next(read_arrow(sample_dir / "levir_cc_like", "train"))
+    for think, want in ((None, SFT_THINK), ("", ""), ("Look.", "Look.")):
+        res = build_change_rows(item, ChangeOptions(("caption",)), RecordOptions(sft=True, sft_think=think))
+        assert strict_parts(res.sft_rows[0]["messages"][-1]["content"])[0] == want

@@ -152,6 +152,16 @@ def test_format(text, ok):
     assert fmt.compute_score("x", text)["score"] == (1.0 if ok else 0.0)
 
 
+@pytest.mark.parametrize("think", ["", "I look.", " spaced "])
+def test_the_layout_written_is_the_layout_read(think):
+    """`answer.reply` (SFT targets) is read back whole by the strict reader, the answer reader and the format reward."""
+    text = answer.reply(think, "at [0.1, 0.2, 0.3, 0.4]")
+    assert answer.strict_parts(text) == (think, "at [0.1, 0.2, 0.3, 0.4]")
+    assert answer.answer_section(text) == ("at [0.1, 0.2, 0.3, 0.4]", "answer")
+    assert answer.extract_think(text) == think.strip() and fmt.format_ok(text)
+    assert answer.strict_parts(text + text) is None and answer.strict_parts(None) is None
+
+
 # --- VQA -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("sol,gt,ok", [
     ("<answer>Yes, there is.</answer>", "yes", True), ("No.", "Yes", False), ("The answer is (B)", "B", True),

@@ -208,3 +208,23 @@ def test_score_and_explain_accept_a_reward_file(project, tmp_path, capsys):
                  "--ground-truth", "x"]) == 0
     shown = capsys.readouterr().out
     assert "1 x lesion.tagged" in shown and "lesion.tagged" in shown.split("route")[-1]
+
+
+def test_eval_box_convention_keeps_a_users_file_in_the_spec(project):
+    """`medrl eval --box-convention norm1 --reward spec.yaml` with a user's file: the file stays its term's reward."""
+    from medrl.export.evaluate import EvalOptions, score_rows
+    from medrl.export.rows import EvalRow
+
+    _, spec = project
+    over = compose.with_reward_kwargs(str(spec), box_convention="norm1000", per_box=0.5)
+    # The user's term keeps its file and gets the keyword its function names; iou gets the convention.
+    lesion = next(t for t in over.routes[0].terms if t.name == "lesion")
+    assert lesion.entry is not None and lesion.kwargs["per_box"] == 0.5
+    assert compose.reward_kwargs(over, "iou", "medrl/grounding")["box_convention"] == "norm1000"
+    answer = "<answer>[100, 200, 500, 600]</answer>"
+    assert compose.compute_score("medrl/grounding", answer, TRUTH, {}, spec=over)["score"] == pytest.approx(
+        0.5 * 1.0 + 0.5 * 0.5)
+    row = EvalRow(key="0:a", index=0, data_source="medrl/grounding", messages=[], images=[], ground_truth=TRUTH,
+                  ability="grounding")
+    (rec,) = score_rows([row], {"0:a": answer}, EvalOptions(reward=str(spec), box_convention="norm1000"))
+    assert rec["reward"]["lesion/n_boxes"] == 1.0 and rec["metrics"]["iou"] == pytest.approx(1.0)

@@ -223,8 +223,8 @@ def test_cpu_tiny_prompt_length_fits_every_sample_prompt(tmp_path, tiny_model_di
     limit = recipe.stage("grpo").overrides["data.max_prompt_length"]
     sample, prepare = recipe.raw["prepare"]  # generate the grounding set, then convert it
     assert sample[0] == "sample"
-    assert main(["prepare", *(str(R._resolve(a, tmp_path)) for a in sample)]) == 0
-    assert main(["prepare", *(str(R._resolve(a, tmp_path)) for a in prepare), "--output_dir", str(tmp_path)]) == 0
+    assert main(["prepare", *(str(R.resolve_path(a, tmp_path)) for a in sample)]) == 0
+    assert main(["prepare", *(str(R.resolve_path(a, tmp_path)) for a in prepare), "--output_dir", str(tmp_path)]) == 0
     for split in ("train", "val"):
         report = check_file(tmp_path / f"{split}.parquet", processor=str(tiny_model_dir),
                             max_prompt_length=limit, progress=False)
@@ -262,3 +262,22 @@ def test_runtime_env_overrides_stay_strings_for_ray(tmp_path):
         "+ray_kwargs.ray_init.runtime_env.env_vars.MEDRL_TRAIN_BUDGET_S=480.0"]), tmp_path)
     a = _args(C.build_command(recipe, recipe.stage("grpo"), tmp_path / "grpo", model_path="/m"))
     assert a["+ray_kwargs.ray_init.runtime_env.env_vars.MEDRL_TRAIN_BUDGET_S"] == "'480.0'"
+
+
+def test_the_runtime_env_prefix_has_one_home():
+    from medrl.training.env import is_runtime_env_key, runtime_env_key, trainer_mode_overrides
+
+    assert runtime_env_key("X") == "+ray_kwargs.ray_init.runtime_env.env_vars.X"
+    assert is_runtime_env_key("+ray_kwargs.ray_init.runtime_env.env_vars.X") and is_runtime_env_key(
+        "ray_kwargs.ray_init.runtime_env.env_vars.X") and not is_runtime_env_key("ray_kwargs.ray_init.num_cpus")
+    keys = trainer_mode_overrides("m", "my.module", {"A": "1"})
+    assert keys[0] == "trainer.v1.trainer_mode=m" and keys[2] == runtime_env_key("A") + "=1"
+    assert keys[1].startswith(runtime_env_key("VERL_USE_EXTERNAL_MODULES") + "=") and keys[1].endswith(",my.module")
+
+
+def test_the_reward_spec_has_one_home(tmp_path):
+    """`reward.kwargs.spec` is read in one place, from a Recipe and from a run manifest's recipe content."""
+    recipe = R.apply_overrides(R.load_recipe("cpu_tiny"), ["reward.kwargs.spec=my_spec.yaml"])
+    assert recipe.reward_spec == "my_spec.yaml" == R.reward_spec(recipe.raw["reward"])
+    assert R.reward_spec(None) is None and R.reward_spec({"kwargs": None}) is None
+    assert R.recipe_from_raw(recipe.raw, recipe.path).reward_spec == "my_spec.yaml"

@@ -4,7 +4,7 @@ Input: a folder written by `datasets.Dataset(Dict).save_to_disk` with columns
 `image` (before), `image2` (after), `caption` (a string or a list of strings) and
 `bbox` ([x1, y1, x2, y2] in pixels of the image, or in [0, 1]; a list of such boxes;
 empty, null or all zeros for "no change"). A DatasetDict's splits are written as
-`<split>.parquet`; a single Dataset is split by `--val_fraction` like the LLaVA path.
+`<split>.parquet`; a single Dataset is split by `--val-fraction` like the LLaVA path.
 
 Rows (each with `<image>` twice, before then after):
 - ``grounding`` -> data_source ``medrl/change_grounding``; ground truth: JSON list of
@@ -35,7 +35,7 @@ from medrl.data import rejects
 from medrl.data.convert import ConvertOptions, convert
 from medrl.data.images import load_image
 from medrl.data.readers import SourceRecord
-from medrl.data.records import IMAGE_TOKEN, RecordResult
+from medrl.data.records import IMAGE_TOKEN, RecordResult, sft_reply
 from medrl.data.rejects import Reject, RejectError
 from medrl.data.writer import FORMAT_EXTRA_FIELDS
 
@@ -206,9 +206,8 @@ def build_change_rows(item: SourceRecord, opts: ChangeOptions, rec_opts, out_dir
                      "images": [i.payload for i in infos], "ability": f"change_{task}",
                      "reward_model": {"style": "rule", "ground_truth": truth}, "extra_info": extra})
         if rec_opts.sft:
-            reply = f"<think>{rec_opts.sft_think or SFT_THINK}</think><answer>{shown}</answer>" \
-                if rec_opts.instruction else shown
-            sft_rows.append({"messages": prompt + [{"role": "assistant", "content": reply}],
+            target = sft_reply(shown, rec_opts, SFT_THINK)
+            sft_rows.append({"messages": prompt + [{"role": "assistant", "content": target}],
                              "images": [i.payload for i in infos],
                              "data_source": rec_opts.data_source or DATA_SOURCES[task], "extra_info": dict(extra)})
     if not rows:

@@ -31,7 +31,7 @@ from medrl.data.check_rules import (  # noqa: F401  (re-exported: the names call
     P_TRUTH,
     MixedRows,
     ProblemLog,
-    _image_problem,
+    image_problem,
     missing_columns,
     route_checker,
     row_id,
@@ -74,7 +74,7 @@ def check_file(path: str | Path, processor: str | None = None, max_prompt_length
         for rec in batch.to_pylist():
             rid = row_id(rec)
             mixed.add(bool(rec.get(image_key)), row, rid)
-            for name, detail in row_problems(rec, image_key, prompt_key, _image_problem, route_ok, routes):
+            for name, detail in row_problems(rec, image_key, prompt_key, image_problem, route_ok, routes):
                 log.flag(name, row, rid, detail)
             row += 1
             bar.update(1)

@@ -15,6 +15,7 @@ from typing import Any
 
 from medrl.boxes import BoxError, read_truth_boxes
 from medrl.data.records import IMAGE_TOKEN
+from medrl.rewards.tasks import row_task
 
 P_PLACEHOLDER = "<image> count differs from image count"
 P_IMAGE = "unreadable image"
@@ -76,7 +77,7 @@ def row_problems(rec: dict, image_key: str, prompt_key: str, image_problem, rout
             break
     rm = rec.get("reward_model") or {}
     ds = str(rec.get("data_source"))
-    if "grounding" in str(rec.get("ability", "")) or "grounding" in ds:
+    if row_task(rec.get("ability"), ds, tasks=("grounding",)):
         why = truth_problem(rm.get("ground_truth") if isinstance(rm, dict) else None)
         if why:
             out.append((P_TRUTH, why))
@@ -120,8 +121,8 @@ class MixedRows:
         log.problems[P_MIXED]["count"] = minority
 
 
-def _image_problem(img: Any) -> str | None:
-    """Why one `images` entry would not load, or None."""
+def image_problem(img: Any) -> str | None:
+    """Why one `images` entry would not load with PIL (bytes or a local file; URLs are not fetched), or None."""
     from PIL import Image
 
     try:
@@ -171,23 +172,37 @@ def missing_columns(names: list[str], prompt_key: str) -> list[str]:
             if col not in names]
 
 
-def verl_load(path: Path, processor_path: str, image_key: str = "images", prompt_key: str = "prompt",
-              progress: bool = False):
-    """Load every row of `path` through verl's RLHFDataset; yield (row, id, token count or "Error: why")."""
+@contextlib.contextmanager
+def verl_dataset(path: str | Path, processor_path: str, image_key: str = "images", prompt_key: str = "prompt"):
+    """verl's RLHFDataset over `path` with the model's processor, reading rows as the trainer does.
+
+    Yields (dataset, processor, config); nothing is filtered for length and the raw chat is kept,
+    so every row can be looked at. The dataset's cache folder is removed on exit.
+    """
     from omegaconf import OmegaConf
-    from tqdm import tqdm
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from medrl.data.length import count_prompt_tokens, load_processor
+    from medrl.data.length import load_processor
 
     proc = load_processor(str(processor_path))
-    with tempfile.TemporaryDirectory(prefix="medrl-check-") as cache:
+    with tempfile.TemporaryDirectory(prefix="medrl-verl-rows-") as cache:
         config = OmegaConf.create({
             "prompt_key": prompt_key, "image_key": image_key, "cache_dir": cache,
             "max_prompt_length": 10**9, "filter_overlong_prompts": False, "return_raw_chat": True,
         })
-        with contextlib.redirect_stdout(sys.stderr):  # verl prints its progress: stdout is the report's
+        with contextlib.redirect_stdout(sys.stderr):  # verl prints its progress: stdout is the caller's
             ds = RLHFDataset(data_files=[str(path)], tokenizer=proc.tokenizer, config=config, processor=proc)
+        yield ds, proc, config
+
+
+def verl_load(path: Path, processor_path: str, image_key: str = "images", prompt_key: str = "prompt",
+              progress: bool = False):
+    """Load every row of `path` through verl's RLHFDataset; yield (row, id, token count or "Error: why")."""
+    from tqdm import tqdm
+
+    from medrl.data.length import count_prompt_tokens
+
+    with verl_dataset(path, processor_path, image_key, prompt_key) as (ds, proc, _):
         for i in tqdm(range(len(ds)), desc="load via verl", unit=" row", disable=not progress, mininterval=1.0):
             raw = ds.dataframe[i]
             rid = row_id(raw)

@@ -48,7 +48,7 @@ def run_check(args: argparse.Namespace) -> int:
         try:  # a broken spec or reward file is one line naming it, before any row is read
             load_spec(args.reward_spec)
         except ValueError as exc:
-            print(f"medrl check: --reward_spec: {exc}", file=sys.stderr)
+            print(f"medrl check: --reward: {exc}", file=sys.stderr)
             return 2
     fast = {} if args.full else {"verify": args.verify, "margin": args.margin, "seed": args.seed,
                                  "workers": args.workers}
@@ -98,14 +98,14 @@ def register(subparsers) -> None:
     chk.add_argument("--image_key", default="images")
     chk.add_argument("--prompt_key", default="prompt")
     chk.add_argument("--show", type=int, default=10, help="row numbers listed per problem")
-    chk.add_argument("--reward_spec", default=None,
+    chk.add_argument("--reward", "--reward_spec", dest="reward_spec", metavar="SPEC", default=None,
                      help="reward spec (YAML path / JSON) whose routes data_source must match (default: medrl's)")
     chk.add_argument("--full", action="store_true",
                      help="decode every image and load every row through verl's RLHFDataset (slow, the reference)")
     chk.add_argument("--verify", type=int, default=100,
                      help="rows (seeded sample) loaded through verl to prove the fast counts (default 100)")
     chk.add_argument("--margin", type=int, default=32,
-                     help="rows within this many tokens of --max_prompt_length are all proven through verl")
+                     help="rows within this many tokens of --max-prompt-length are all proven through verl")
     chk.add_argument("--seed", type=int, default=0, help="seed of the proof sample")
     chk.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU)")
     chk.add_argument("--no_progress", action="store_true")

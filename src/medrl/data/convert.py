@@ -207,7 +207,7 @@ def convert(opts: ConvertOptions) -> dict:
     from tqdm import tqdm
 
     if not 0.0 <= opts.val_fraction < 1.0:
-        raise ValueError(f"--val_fraction must be in [0, 1), got {opts.val_fraction}")
+        raise ValueError(f"--val-fraction must be in [0, 1), got {opts.val_fraction}")
     for path in opts.inputs:
         if not (Path(path).exists() if opts.reader else Path(path).is_file()):
             raise FileNotFoundError(f"input file not found: {path}")

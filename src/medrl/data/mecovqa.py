@@ -1,7 +1,7 @@
 """MeCoVQA (Complex, Region, Grounding) with SA-Med2D images and masks -> verl rows.
 
 MeCoVQA records are LLaVA records (`id`, `image`, `conversations`) whose image
-paths are relative to the SA-Med2D folder (`--image_root`); the kind is read from
+paths are relative to the SA-Med2D folder (`--image-root`); the kind is read from
 each record:
 - Grounding: the gpt answer names a mask, ``<mask>masks/...png</mask>`` (often with a
   ``[SEG]`` token). The mask becomes boxes, one per connected region (8-connected,
@@ -11,8 +11,8 @@ each record:
 - Region: the human turn names a region mask, ``<region>masks/...png</region>``. The
   region becomes its enclosing [0, 1] box, written into the prompt ("region [x1, y1,
   x2, y2]") and kept in ``extra_info["region"]`` (mask file in ``region_mask``); the
-  answer stays the reference (task ``--region_task``, default report/BLEU).
-- Complex: plain VQA; the answer stays the reference (task ``--complex_task``).
+  answer stays the reference (task ``--region-task``, default report/BLEU).
+- Complex: plain VQA; the answer stays the reference (task ``--complex-task``).
 Paths written without their ``.png`` suffix are found as SA-Med2D subsets do.
 The generated sample lives in `medrl.data.mecovqa_sample`.
 """

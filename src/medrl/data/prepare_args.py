@@ -13,7 +13,7 @@ def add_convert_arguments(p: argparse.ArgumentParser, with_inputs: bool = True) 
     """The options every converter shares (also used by the seed-compatible scripts)."""
     if with_inputs:
         p.add_argument("inputs", nargs="+", help="LLaVA JSON array, JSONL or LLaVA-format parquet file(s)")
-    p.add_argument("--output_dir", "--local_dir", dest="output_dir", required=True,
+    p.add_argument("--out", "--output_dir", "--local_dir", dest="output_dir", metavar="DIR", required=True,
                    help="folder for train.parquet/val.parquet (or <split_name>.parquet), rejects and summary")
     p.add_argument("--image_root", default=None,
                    help="folder that relative image paths resolve against (default: the input file's folder)")
@@ -76,9 +76,9 @@ def options_from_args(args: argparse.Namespace, task: str):
     from medrl.data.records import RecordOptions
 
     if args.max_prompt_tokens and not args.processor:
-        raise SystemExit("--max_prompt_tokens needs --processor PATH (the model folder whose processor counts)")
+        raise SystemExit("--max-prompt-tokens needs --processor PATH (the model folder whose processor counts)")
     if not args.verify_images and args.image_mode == "embed" and args.max_pixels:
-        raise SystemExit("--max_pixels in embed mode decodes every image; drop --no-verify_images")
+        raise SystemExit("--max-pixels in embed mode decodes every image; drop --no-verify-images")
     images = ImageOptions(image_root=args.image_root, mode=args.image_mode, max_pixels=args.max_pixels,
                           min_pixels=args.min_pixels or QWEN_MIN_PIXELS, verify=args.verify_images)
     record = RecordOptions(task=task, turns=args.turns, instruction=args.instruction, data_source=args.data_source,

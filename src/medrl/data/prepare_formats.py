@@ -61,7 +61,7 @@ def run_mix(args: argparse.Namespace) -> int:
     from medrl.data.records import RecordOptions
 
     if args.max_prompt_tokens and not args.processor:
-        raise SystemExit("--max_prompt_tokens needs --processor PATH")
+        raise SystemExit("--max-prompt-tokens needs --processor PATH")
     try:
         summary = mix(args.config, args.output, total=args.total, seed=args.seed,
                       record=RecordOptions(instruction=args.instruction),
@@ -121,7 +121,7 @@ def register_formats(prepare_subparsers) -> None:
     sp = prepare_subparsers.add_parser("unimedvl", help=HELP["unimedvl"], description=HELP["unimedvl"])
     add_convert_arguments(sp)
     sp.add_argument("--task", choices=TASKS, default="report",
-                    help="how answers are scored; filter rows of one kind with --dataset_filter <main_task_type>")
+                    help="how answers are scored; filter rows of one kind with --dataset-filter <main_task_type>")
     sp.set_defaults(func=run_unimedvl)
 
     sp = prepare_subparsers.add_parser("mecovqa", help=HELP["mecovqa"], description=HELP["mecovqa"])
@@ -130,7 +130,7 @@ def register_formats(prepare_subparsers) -> None:
                     help="record kind (auto: <mask> in the answer = grounding, <region> in the question = region)")
     sp.add_argument("--min_area", type=int, default=16,
                     help="grounding/region masks: connected regions with fewer pixels are ignored")
-    sp.add_argument("--mask_root", default=None, help="folder mask paths resolve against (default: --image_root)")
+    sp.add_argument("--mask_root", default=None, help="folder mask paths resolve against (default: --image-root)")
     sp.add_argument("--complex_task", choices=("report", "vqa"), default="report")
     sp.add_argument("--region_task", choices=("report", "vqa"), default="report")
     sp.set_defaults(func=run_mecovqa)
@@ -143,7 +143,7 @@ def register_formats(prepare_subparsers) -> None:
 
     sp = prepare_subparsers.add_parser("mix", help=HELP["mix"], description=HELP["mix"])
     sp.add_argument("config", help="mix YAML (UniMedVL shape; see medrl.data.mixing)")
-    sp.add_argument("--output", required=True, help="the mixed parquet to write")
+    sp.add_argument("--out", "--output", dest="output", metavar="FILE", required=True, help="the mixed parquet to write")
     sp.add_argument("--total", type=int, default=None, help="rows in the mix (default: the largest without repeats)")
     sp.add_argument("--seed", type=int, default=None, help="interleaving seed (default: YAML seed or shuffle_seed)")
     sp.add_argument("--no_repeat", action="store_true", help="fail instead of repeating a group's rows")

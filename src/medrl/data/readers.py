@@ -135,7 +135,7 @@ READERS: dict[str, Callable[..., Iterator[Item]]] = {
 
 
 def register_reader(name: str, reader: Callable[..., Iterator[Item]]) -> None:
-    """Add a reader for another input format (selected with `--input_format NAME`)."""
+    """Add a reader for another input format (selected with `--input-format NAME`)."""
     READERS[name] = reader
 
 

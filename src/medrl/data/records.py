@@ -27,6 +27,7 @@ from medrl.data.images import ImageInfo, ImageOptions, load_image
 from medrl.data.readers import SourceRecord
 from medrl.data.rejects import RejectError
 from medrl.no_finding import states_no_finding
+from medrl.rewards.answer import reply
 
 TASKS = ("grounding", "report", "vqa")
 TURN_POLICIES = ("expand", "last", "first")
@@ -218,11 +219,15 @@ def answer_truth(task: str, answer: str, opts: RecordOptions) -> str:
     return text
 
 
-def _formatted(task: str, answer: str, opts: RecordOptions) -> str:
+def sft_reply(answer: str, opts: RecordOptions, default_think: str) -> str:
+    """A row's SFT target: the think/answer layout when prompts ask for it, else the bare answer.
+
+    `opts.sft_think` None gives the task's `default_think`; any string, "" too, is the think as given.
+    """
     if not opts.instruction:
         return answer
-    think = opts.sft_think if opts.sft_think is not None else SFT_THINK[task]
-    return f"<think>{think}</think><answer>{answer}</answer>"
+    return reply(default_think if opts.sft_think is None else opts.sft_think, answer)
+
 
 
 def _with_instruction(task: str, question: str, opts: RecordOptions) -> str:
@@ -276,7 +281,7 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
                 detail = f"turn {turn}: {exc.detail}" if len(answer_idx) > 1 else exc.detail
                 raise RejectError(exc.reason, detail) from None
             truths.append(truth)
-            chat.append({"role": "assistant", "content": _formatted(opts.task, shown, opts)})
+            chat.append({"role": "assistant", "content": sft_reply(shown, opts, SFT_THINK[opts.task])})
         elif m["role"] == "user":
             chat.append({"role": "user", "content": _with_instruction(opts.task, m["content"], opts)})
         else:

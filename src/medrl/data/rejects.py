@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from medrl import jsonl
 from medrl.atomic import atomic_path
 
 # Stable reason keys (the summary counts by these). Box reasons come from
@@ -95,5 +96,4 @@ class RejectLog:
 
 def read_rejects(path: str | Path) -> list[dict]:
     """Load a rejects JSONL file (for tests and reports)."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return jsonl.read(path)

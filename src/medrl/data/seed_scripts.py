@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
 from medrl.data.prepare_args import add_convert_arguments, options_from_args, print_summary
+from medrl.flags import Parser
 
 # The seed's "fast" variant cut prompts over 8192 characters (about 2048 tokens).
 FAST_MAX_PROMPT_CHARS = 8192
@@ -20,7 +19,7 @@ PRESETS = {
 def seed_script_main(preset: str, argv: list[str] | None = None) -> int:
     """Parse the seed-style arguments for `preset` and run the medrl converter."""
     task, description = PRESETS[preset]
-    p = argparse.ArgumentParser(description=f"{description}. Thin door into `medrl prepare {task}`; "
+    p = Parser(description=f"{description}. Thin door into `medrl prepare {task}`; "
                                 "every `medrl prepare` option is accepted too.")
     p.add_argument("input", nargs="?", help="input file (LLaVA JSON / JSONL / parquet)")
     p.add_argument("--json_path", "--parquet_path", dest="input_opt", default=None, help="input file (seed spelling)")

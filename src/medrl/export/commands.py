@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medrl.boxes import CONVENTIONS
+
 
 def register(subparsers) -> None:
     """Add the `merge` and `eval` sub-commands."""
@@ -35,7 +37,7 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--credit-no-finding", action="store_true",
                    help="mAP: score 1 for a correct no-finding answer (RadVLM scores it 0)")
     p.add_argument("--box-convention", default=None,
-                   choices=["norm1", "norm1000", "abs", "abs_resized", "auto"],
+                   choices=CONVENTIONS,
                    help="how the model writes boxes (default: the iou reward's setting in the spec, else auto)")
     p.add_argument("--examples", type=int, default=3, help="worst/best examples per model in the report")
     p.set_defaults(func=_cmd_eval)

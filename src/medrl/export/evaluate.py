@@ -24,8 +24,6 @@ TASK_METRICS = {
     "report": ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l"),
     "vqa": ("acc",),
 }
-_TASK_OF_REWARD = {"iou": "grounding", "giou": "grounding", "f1iou": "grounding", "size": "grounding",
-                   "enhanced": "grounding", "bleu": "report", "vqa": "vqa"}
 
 
 @dataclass(frozen=True)
@@ -38,13 +36,10 @@ class EvalOptions:
 
 
 def task_of(row: EvalRow, reward_names: Sequence[str]) -> str:
-    """grounding | report | vqa | other: the row's `ability`, else what its route rewards."""
-    if row.ability in TASK_METRICS:
-        return row.ability
-    for name in reward_names:
-        if name in _TASK_OF_REWARD:
-            return _TASK_OF_REWARD[name]
-    return "other"
+    """grounding | report | vqa | other: the row's task by the one rule (`medrl.rewards.tasks`)."""
+    from medrl.rewards.tasks import row_task
+
+    return row_task(row.ability, row.data_source, reward_names, TASK_METRICS) or "other"
 
 
 def score_rows(rows: Sequence[EvalRow], answers: dict[str, str], opts: EvalOptions) -> list[dict]:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from medrl import jsonl
 from medrl.atomic import write_json
 from medrl.export.rows import EvalRow, load_image
 from medrl.vllm_env import apply_engine_env
@@ -35,14 +36,10 @@ class GenerationLog:
         done: dict[str, dict] = {}
         if not self.path.exists():
             return done
-        with open(self.path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # only the last line can be torn: the writer flushes whole lines
-                if isinstance(rec, dict) and "key" in rec:
-                    done[rec["key"]] = rec
+        # skip_bad: only the last line can be torn, the writer flushes whole lines
+        for _, rec in jsonl.lines(self.path, skip_bad=True):
+            if isinstance(rec, dict) and "key" in rec:
+                done[rec["key"]] = rec
         return done
 
     def start(self, meta: dict, resume: bool) -> dict[str, dict]:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medrl.plain import plain
+
 IMAGE_TOKEN = "<image>"
 
 
@@ -34,17 +36,6 @@ class EvalRow:
         return str(self.extra_info.get("category") or self.extra_info.get("dataset") or "-")
 
 
-def _plain(obj: Any) -> Any:
-    """numpy arrays / pyarrow scalars from parquet -> plain Python (ground truths arrive as arrays)."""
-    if hasattr(obj, "tolist") and not isinstance(obj, (bytes, str)):
-        obj = obj.tolist()
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def split_content(content: Any) -> list[dict]:
     """A message content string with `<image>` placeholders -> processor content parts."""
     if isinstance(content, list):  # already parts
@@ -62,7 +53,7 @@ def split_content(content: Any) -> list[dict]:
 def row_from_record(rec: dict, index: int, where: str) -> EvalRow:
     """Validate one parquet record into an EvalRow; raises RowError naming `where` and the row."""
     at = f"{where} row {index}"
-    prompt = _plain(rec.get("prompt"))
+    prompt = plain(rec.get("prompt"))
     if isinstance(prompt, str):
         try:
             prompt = json.loads(prompt)
@@ -76,10 +67,10 @@ def row_from_record(rec: dict, index: int, where: str) -> EvalRow:
     n_slots = sum(1 for m in messages for p in m["content"] if p.get("type") == "image")
     if n_slots != len(images):
         raise RowError(f"{at}: {n_slots} <image> placeholder(s) in the prompt but {len(images)} image(s)")
-    reward_model = _plain(rec.get("reward_model")) or {}
+    reward_model = plain(rec.get("reward_model")) or {}
     if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
         raise RowError(f"{at}: 'reward_model.ground_truth' is missing")
-    extra = _plain(rec.get("extra_info")) or {}
+    extra = plain(rec.get("extra_info")) or {}
     if not isinstance(extra, dict):
         raise RowError(f"{at}: 'extra_info' must be a mapping")
     data_source = rec.get("data_source")
@@ -87,7 +78,7 @@ def row_from_record(rec: dict, index: int, where: str) -> EvalRow:
         raise RowError(f"{at}: 'data_source' is missing")
     key = str(extra.get("id", extra.get("index", index)))
     return EvalRow(key=f"{index}:{key}", index=index, data_source=str(data_source), messages=messages,
-                   images=[_plain(im) if isinstance(im, dict) else im for im in images],
+                   images=[plain(im) if isinstance(im, dict) else im for im in images],
                    ground_truth=reward_model["ground_truth"], extra_info=extra, ability=str(rec.get("ability") or ""))
 
 

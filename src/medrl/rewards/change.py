@@ -26,7 +26,7 @@ import json
 import math
 from typing import Any, Sequence
 
-from medrl.boxes import CONVENTIONS, BoxError, enclosing_box, find_box_candidates, iou, read_truth_boxes, to_norm1
+from medrl.boxes import BoxError, check_convention, enclosing_box, find_box_candidates, iou, read_truth_boxes, to_norm1
 from medrl.change_action import Action, action_box, action_vector
 from medrl.no_finding import states_no_finding
 from medrl.rewards.answer import answer_section
@@ -111,10 +111,9 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
                   box_convention: str = "auto", tolerance: float = TOLERANCE,
                   no_change_score: float = NO_CHANGE_SCORE, **kwargs: Any) -> dict:
     """Change reward in [0, 1] with keys `KEYS` (see the module rule)."""
+    check_convention(box_convention, "change reward: box_convention")  # a setting, not model output: raise
     result = {k: 0.0 for k in KEYS}
     try:
-        if box_convention not in CONVENTIONS:
-            box_convention = "auto"
         tol = float(tolerance) if isinstance(tolerance, (int, float)) and tolerance > 0 else TOLERANCE
         answer, _ = answer_section(solution_str)
         truth, truth_box, empty = truth_action(ground_truth, extra_info)

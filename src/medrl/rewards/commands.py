@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--data-source", default=None, help="data_source for rows without one")
     s.add_argument("--kwargs", default="{}", help="reward kwargs as JSON, e.g. '{\"box_convention\": \"norm1000\"}'")
     s.add_argument("--histogram", default=None, help="PNG path (default: <input>.reward_hist.png)")
-    s.add_argument("--output", default=None, help="also write every row's result to this JSONL")
+    s.add_argument("--out", "--output", dest="output", metavar="FILE", default=None, help="also write every row's result to this JSONL")
     s.set_defaults(func=cmd_score)
 
     e = sub.add_parser("explain", help="show the parsed answer, boxes, matching and every part of one score")

@@ -39,11 +39,12 @@ import inspect
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import yaml
 
+from medrl.plain import plain
 from medrl.rewards import user_reward
 from medrl.rewards.registry import (  # noqa: F401  (re-exported: the API users import from here)
     BUILTIN_REWARDS,
@@ -166,7 +167,7 @@ def load_spec(spec: Any = None) -> Spec:
     if isinstance(spec, Spec):
         return spec
     if hasattr(spec, "items") and not isinstance(spec, dict):  # OmegaConf DictConfig from Hydra
-        spec = json.loads(json.dumps(_plain(spec)))
+        spec = json.loads(json.dumps(plain(spec)))
     if isinstance(spec, dict):
         key: Any = ("dict", json.dumps(spec, sort_keys=True, default=str))
         if key not in _SPEC_CACHE:
@@ -204,14 +205,6 @@ def load_spec(spec: Any = None) -> Spec:
             return load_spec(yaml.safe_load(text))
     raise ValueError(f"reward spec {text!r} is not a file, a JSON/YAML mapping, or a reward name "
                      f"({', '.join(reward_names())})")
-
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "items"):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ListConfig":
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def find_route(data_source: str, spec: Any = None) -> Route | None:
@@ -255,13 +248,14 @@ def with_reward_kwargs(spec: Any = None, **overrides: Any) -> Spec:
     """
     s = load_spec(spec)
 
-    def takes(name: str) -> dict:
-        params = inspect.signature(get_reward(name).fn).parameters
+    def takes(term: Term) -> dict:
+        # The term's own reward (a user's file too): looking it up by name loses the file.
+        params = inspect.signature(term.reward().fn).parameters
         return {k: v for k, v in overrides.items() if k in params}
 
-    routes = tuple(Route(r.pattern, tuple(Term(t.name, t.weight, {**t.kwargs, **takes(t.name)}) for t in r.terms))
+    routes = tuple(Route(r.pattern, tuple(replace(t, kwargs={**t.kwargs, **takes(t)}) for t in r.terms))
                    for r in s.routes)
-    kwargs = {**s.kwargs, **{t.name: {**s.kwargs.get(t.name, {}), **takes(t.name)} for r in routes for t in r.terms}}
+    kwargs = {**s.kwargs, **{t.name: {**s.kwargs.get(t.name, {}), **takes(t)} for r in routes for t in r.terms}}
     return Spec(routes, kwargs, s.keys)
 
 

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from medrl.boxes import CONVENTIONS, Box, BoxError, match_boxes
+from medrl.boxes import Box, BoxError, check_convention, match_boxes
 from medrl.rewards import box_growth
 from medrl.rewards.answer import answer_section, extract_think
 from medrl.rewards.iou import GroundingParse, image_geometry, score_answer, truth_boxes
@@ -281,8 +281,7 @@ def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_
                   box_convention: str = "auto", weights: dict | None = None, weights_no_finding: dict | None = None,
                   knowledge: str | None = None, **kwargs: Any) -> tuple[dict, GroundingParse]:
     """The enhanced reward (keys `KEYS`) and the boxes its spatial and IoU parts read (as the IoU reward reads them)."""
-    if box_convention not in CONVENTIONS:
-        raise ValueError(f"enhanced reward: unknown box_convention {box_convention!r}; expected one of {CONVENTIONS}")
+    check_convention(box_convention, "enhanced reward: box_convention")
     answer, _ = answer_section(solution_str)
     try:
         true = truth_boxes(ground_truth)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Sequence
 
-from medrl.boxes import CONVENTIONS, Box, BoxError, match_boxes, parse_boxes, read_truth_boxes, to_norm1
+from medrl.boxes import Box, BoxError, check_convention, match_boxes, parse_boxes, read_truth_boxes, to_norm1
 from medrl.no_finding import states_no_finding
 from medrl.rewards import box_growth
 from medrl.rewards.answer import answer_section
@@ -138,8 +138,7 @@ def read_answer(solution_str: str, ground_truth: Any, extra_info: Any, box_conve
     The one reading every grounding reward shares: answer section, strict truth, lenient boxes in
     `box_convention`, "states no finding". A truth that does not read gives `truth_error` and no boxes.
     """
-    if box_convention not in CONVENTIONS:
-        raise ValueError(f"{reward} reward: unknown box_convention {box_convention!r}; expected one of {CONVENTIONS}")
+    check_convention(box_convention, f"{reward} reward: box_convention")
     answer, _ = answer_section(solution_str)
     try:
         true = truth_boxes(ground_truth)
@@ -189,6 +188,7 @@ def score_details(data_source: Any, solution_str: str, ground_truth: Any, extra_
                   box_convention: str = "auto", no_finding_score: float = NO_FINDING_SCORE, iou_mode: str = "match",
                   **kwargs: Any) -> tuple[dict, GroundingParse]:
     """The grounding reward (keys `KEYS`) and what it read: the one parse that evaluation reports from."""
+    check_convention(box_convention, "iou reward: box_convention")
     if iou_mode not in IOU_MODES:
         raise ValueError(f"iou reward: unknown iou_mode {iou_mode!r}; expected one of {IOU_MODES}")
     parse, n_pred = read_answer(solution_str, ground_truth, extra_info, box_convention, kwargs, "iou")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import fnmatch
 import json
 import logging
 import mimetypes
@@ -44,13 +43,12 @@ import yaml
 
 from medrl.boxes import BoxError, format_boxes, read_truth_boxes
 from medrl.rewards.answer import answer_section
+from medrl.rewards.tasks import task_in
 
 logger = logging.getLogger(__name__)
 
 KEYS = ("score", "judge_raw", "judge_parsed", "judge_default", "judge_error", "judge_attempts")
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
-CATEGORY_PATTERNS = (("*grounding*", "grounding"), ("*change*", "change"), ("*report*", "report"),
-                     ("*caption*", "report"), ("*vqa*", "vqa"))
 
 _NUM = r"[-+]?\d{1,6}(?:\.\d{1,6})?"
 # The reply form vLLM's structured outputs enforce with `structured: true` (parsed by _LABELLED_RE).
@@ -147,11 +145,7 @@ def pick_category(data_source: Any, extra_info: Any, cfg: JudgeConfig, prompts: 
     for cand in (cfg.category, extra_info.get("category") if isinstance(extra_info, dict) else None):
         if isinstance(cand, str) and cand in cats:
             return cand
-    ds = str(data_source).lower()
-    for pattern, cat in CATEGORY_PATTERNS:
-        if fnmatch.fnmatchcase(ds, pattern) and cat in cats:
-            return cat
-    return "default"
+    return task_in(data_source, cats) or "default"
 
 
 def _image_url(extra_info: Any) -> str | None:

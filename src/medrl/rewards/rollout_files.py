@@ -7,9 +7,10 @@ ground truth (`ground_truth` or verl's `reward_model.ground_truth`), `data_sourc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
+
+from medrl import jsonl
 
 SOLUTION_KEYS = ("solution", "solution_str", "response")
 
@@ -25,17 +26,13 @@ def read_rows(path: str) -> Iterator[tuple[str, dict]]:
         for i, rec in enumerate(pd.read_parquet(p).to_dict("records")):
             yield f"{path} row {i}", rec
         return
-    with open(p, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"medrl reward score: {path} line {n}: not valid JSON ({exc.msg})")
+    try:
+        for n, rec in jsonl.lines(p):
             if not isinstance(rec, dict):
                 raise SystemExit(f"medrl reward score: {path} line {n}: expected a JSON object")
             yield f"{path} line {n}", rec
+    except ValueError as exc:
+        raise SystemExit(f"medrl reward score: {exc}")
 
 
 def row_fields(where: str, rec: dict, default_source: str | None) -> tuple[str, str, Any, dict]:

@@ -41,6 +41,20 @@ def run_env(device: str = "cpu", base: Mapping[str, str] | None = None) -> dict[
     return env
 
 
+# Where a verl command line puts the variables every Ray worker of the job gets (its runtime_env).
+RUNTIME_ENV_VARS = "ray_kwargs.ray_init.runtime_env.env_vars"
+
+
+def runtime_env_key(name: str) -> str:
+    """The verl key that sets variable `name` in the job's Ray runtime_env (`+ray_kwargs...env_vars.NAME`)."""
+    return f"+{RUNTIME_ENV_VARS}.{name}"
+
+
+def is_runtime_env_key(key: str) -> bool:
+    """Whether a verl key sets a runtime_env variable (with or without Hydra's leading `+`)."""
+    return key.lstrip("+").startswith(RUNTIME_ENV_VARS + ".")
+
+
 def ray_env_vars(device: str = "cpu", base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The variables `run_env` sets, with the values it gives them: what Ray workers must also see."""
     full = run_env(device, base)
@@ -63,6 +77,5 @@ def trainer_mode_overrides(mode: str, module: str, env: Mapping[str, str] | None
     module must be imported there (`VERL_USE_EXTERNAL_MODULES`), and the trainer's own settings
     travel as environment variables in the job's runtime_env.
     """
-    prefix = "+ray_kwargs.ray_init.runtime_env.env_vars"
-    keys = [f"trainer.v1.trainer_mode={mode}", f"{prefix}.VERL_USE_EXTERNAL_MODULES={BACKEND_MODULE},{module}"]
-    return keys + [f"{prefix}.{k}={v}" for k, v in (env or {}).items()]
+    env = {"VERL_USE_EXTERNAL_MODULES": f"{BACKEND_MODULE},{module}", **(env or {})}
+    return [f"trainer.v1.trainer_mode={mode}"] + [f"{runtime_env_key(k)}={v}" for k, v in env.items()]

@@ -19,6 +19,7 @@ rollout's log-probs no longer match the actor's. The server always passes it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -335,19 +336,27 @@ def _adapter_class():
     return HFServerAdapter
 
 
-HFReplica = None  # filled by `register` (verl is imported lazily)
-HFServerAdapter = None
+@functools.cache
+def _classes() -> dict[str, type]:
+    return {"HFReplica": _replica_class(), "HFServerAdapter": _adapter_class()}
+
+
+def __getattr__(name: str) -> type:
+    """`HFReplica` and `HFServerAdapter`, built on first use: they subclass verl's classes, imported lazily.
+
+    verl's adapter registry names the adapter by import path, so any process can resolve it.
+    """
+    if name in ("HFReplica", "HFServerAdapter"):
+        return _classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register() -> None:
     """Register the replica ("hf") and its worker-side adapter in verl's rollout registries."""
-    global HFReplica, HFServerAdapter
     from verl.workers.rollout import base as rollout_base
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
-    if HFReplica is None:
-        HFReplica = _replica_class()
-        HFServerAdapter = _adapter_class()
-    RolloutReplicaRegistry.register("hf", lambda: HFReplica)
+    replica = _classes()["HFReplica"]
+    RolloutReplicaRegistry.register("hf", lambda: replica)
     # verl's adapter registry is a plain mapping from (name, mode) to an import path.
     rollout_base._ROLLOUT_REGISTRY[("hf", "async")] = f"{__name__}.HFServerAdapter"

@@ -9,14 +9,13 @@ Two sources, one scoring rule (the recipe's reward: IoU of matched boxes, per ro
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from medrl.atomic import atomic_path
+from medrl import jsonl
 from medrl.export.metrics import median_area_ratio
 from medrl.export.plots import pyplot, save_figure
 
@@ -36,23 +35,12 @@ class ValPoint:
     n: int
 
 
-def _jsonl_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON Lines file written by verl's validation dump or `medrl eval`."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def read_metrics(stage_dir: Path) -> dict[int, dict[str, Any]]:
     """Merge a stage's verl file-logger records (all attempts) into {step: metrics}."""
     steps: dict[int, dict[str, Any]] = {}
     files = sorted(stage_dir.glob("metrics.*.jsonl")) + sorted(stage_dir.glob("metrics.jsonl"))
     for path in files:
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON line: {exc}") from exc
+        for _, rec in jsonl.lines(path):
             steps.setdefault(int(rec["step"]), {}).update(rec.get("data", {}))
     return steps
 
@@ -105,7 +93,7 @@ def grpo_curve(stage_dir: str | Path, rescore: bool = False) -> list[ValPoint]:
     seconds = training_seconds(stage_dir)
     points = []
     for path in sorted((stage_dir / VALIDATION_DIR).glob("*.jsonl"), key=lambda p: int(p.stem)):
-        recs = _jsonl_records(path)
+        recs = jsonl.read(path)
         step = int(path.stem)
         scores = [float(r["score"]) for r in recs]
         if rescore:
@@ -125,30 +113,19 @@ def evaluate(model_dir: str | Path, val_parquet: str | Path, out_dir: str | Path
     cfg = RunConfig(data=str(val_parquet), out=str(out_dir), reward=reward, batch_size=32,
                     max_new_tokens=max_new_tokens, backend="transformers", progress=False, n_overlays=0)
     run_eval([str(model_dir)], cfg)
-    recs = _jsonl_records(Path(out_dir) / "scores.jsonl")
+    recs = jsonl.read(Path(out_dir) / "scores.jsonl")
     return point(step, train_s, [r.get("metrics", {}).get("iou") for r in recs], [r["score"] for r in recs],
                  [float(r.get("metrics", {}).get("acc@0.5", 0.0)) for r in recs])
 
 
 def box_area_ratio(eval_dir: str | Path) -> float:
     """Median box/true area over a `medrl eval` run's rows with matched boxes (`medrl.export.metrics.median_area_ratio`)."""
-    return median_area_ratio(_jsonl_records(Path(eval_dir) / "scores.jsonl"))
+    return median_area_ratio(jsonl.read(Path(eval_dir) / "scores.jsonl"))
 
 
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
     """(min, median, max)."""
     return min(values), statistics.median(values), max(values)
-
-
-def write_points(path: Path, points: Sequence[ValPoint]) -> None:
-    """Save a curve as JSON."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps([asdict(p) for p in points], indent=1))
-
-
-def read_points(path: Path) -> list[ValPoint]:
-    """Load a curve saved by `write_points`."""
-    return [ValPoint(**p) for p in json.loads(Path(path).read_text())]
 
 
 COLOURS = ("tab:blue", "tab:gray", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
@@ -179,7 +156,7 @@ def plot_curves(curves: dict[str, list[list[ValPoint]]], path: Path, title: str 
 def validation_rows(stage_dir: str | Path, step: int) -> dict[str, float]:
     """{row key: IoU} of one of verl's validation dumps; a row is known by its prompt and truth."""
     out = {}
-    for r in _jsonl_records(Path(stage_dir) / VALIDATION_DIR / f"{step}.jsonl"):
+    for r in jsonl.read(Path(stage_dir) / VALIDATION_DIR / f"{step}.jsonl"):
         iou = r.get("iou")
         out[f"{r['input']}|{r['gts']}"] = 0.0 if iou is None or iou != iou else float(iou)
     return out

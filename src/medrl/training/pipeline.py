@@ -38,7 +38,7 @@ from medrl.processes import RUN_MARKER, clean_leftovers, run_logged
 from medrl.training.env import metrics_env, run_env
 from medrl.training.fingerprint import (digest, file_sha256, length_changed, source_digest, stage_fingerprint,
                                         what_changed)
-from medrl.training.recipes import Recipe, RecipeError, Stage, _resolve, resolve_paths
+from medrl.training.recipes import Recipe, RecipeError, Stage, resolve_path, resolve_paths
 from medrl.training.verl_command import build_command, format_command
 
 DONE = ".medrl_done"
@@ -147,7 +147,7 @@ def _prepare(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> None:
         if (out / "summary.json").is_file():
             continue
         # Paths in the recipe are relative to the repository (or the current folder): resolve them.
-        cmd = [sys.executable, "-m", "medrl.cli", "prepare", *[str(_resolve(a, run_dir)) for a in args]]
+        cmd = [sys.executable, "-m", "medrl.cli", "prepare", *[str(resolve_path(a, run_dir)) for a in args]]
         if args[0] != "sample":
             cmd += ["--output_dir", str(out)]
         echo(f"[data] medrl prepare {' '.join(map(str, args))}")
@@ -198,7 +198,7 @@ def check_reward(recipe: Recipe) -> None:
     from medrl.rewards.user_reward import load_reward_file
 
     path, name = recipe.reward.get("path"), recipe.reward.get("name", "compute_score")
-    spec = (recipe.reward.get("kwargs") or {}).get("spec")
+    spec = recipe.reward_spec
     try:
         if path:
             load_reward_file(path, name)

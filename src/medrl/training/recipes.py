@@ -50,6 +50,11 @@ class Recipe:
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def reward_spec(self) -> Any:
+        """The reward spec the recipe gives its reward (`reward.kwargs.spec`), None without one."""
+        return reward_spec(self.reward)
+
     def stage(self, name: str | None = None) -> Stage:
         """The named stage, or the last one (the RL stage of a warm-up chain)."""
         if name is None:
@@ -58,6 +63,11 @@ class Recipe:
             if st.name == name:
                 return st
         raise RecipeError(f"{self.path}: no stage {name!r}; stages are {[s.name for s in self.stages]}")
+
+
+def reward_spec(reward: dict[str, Any] | None) -> Any:
+    """The reward spec of a recipe's `reward:` mapping (`kwargs.spec`): the one place that knows where it sits."""
+    return ((reward or {}).get("kwargs") or {}).get("spec")
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
@@ -124,10 +134,11 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     """Load a recipe (following `extends:`) and check its structure."""
     path = find_recipe(name_or_path)
     raw = _read(path)
-    return _from_raw(raw, path)
+    return recipe_from_raw(raw, path)
 
 
-def _from_raw(raw: dict, path: Path) -> Recipe:
+def recipe_from_raw(raw: dict, path: Path) -> Recipe:
+    """A checked Recipe from a recipe mapping (`extends:` already merged); `path` names it in errors."""
     for key in ("model", "data", "stages"):
         if key not in raw:
             raise RecipeError(f"{path}: missing required key {key!r}")
@@ -161,7 +172,7 @@ def _from_raw(raw: dict, path: Path) -> Recipe:
     )
 
 
-def _resolve(value: Any, run_dir: Path | None) -> Any:
+def resolve_path(value: Any, run_dir: Path | None) -> Any:
     """Expand ${run} and make relative paths that exist (repo or cwd) absolute."""
     if not isinstance(value, str):
         return value
@@ -181,14 +192,14 @@ def _resolve(value: Any, run_dir: Path | None) -> Any:
 def resolve_paths(recipe: Recipe, run_dir: Path | None) -> Recipe:
     """A copy of `recipe` with ${run} expanded (also in stage overrides) and data/reward/model paths made absolute."""
     r = copy.deepcopy(recipe)
-    r.data = {k: _resolve(v, run_dir) for k, v in r.data.items()}
+    r.data = {k: resolve_path(v, run_dir) for k, v in r.data.items()}
     if r.model != "tiny":
-        r.model = _resolve(r.model, run_dir)
+        r.model = resolve_path(r.model, run_dir)
     if r.reward.get("path"):
-        r.reward["path"] = _resolve(r.reward["path"], run_dir)
-    r.reward["kwargs"] = {k: _resolve(v, run_dir) for k, v in (r.reward.get("kwargs") or {}).items()}
+        r.reward["path"] = resolve_path(r.reward["path"], run_dir)
+    r.reward["kwargs"] = {k: resolve_path(v, run_dir) for k, v in (r.reward.get("kwargs") or {}).items()}
     for st in r.stages:  # e.g. trainer.validation_data_dir: ${run}/grpo/validation
-        st.overrides = {k: _resolve(v, run_dir) if isinstance(v, str) and "${run}" in v else v
+        st.overrides = {k: resolve_path(v, run_dir) if isinstance(v, str) and "${run}" in v else v
                         for k, v in st.overrides.items()}
     return r
 
@@ -233,4 +244,4 @@ def apply_overrides(recipe: Recipe, overrides: list[str], stage: str | None = No
                     st.setdefault("overrides", {})
                     st["overrides"] = dict(st["overrides"] or {})
                     st["overrides"][key] = _parse_value(value)
-    return _from_raw(raw, recipe.path)
+    return recipe_from_raw(raw, recipe.path)

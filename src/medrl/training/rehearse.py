@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from medrl.rewards.tasks import task_in
 from medrl.training.device_keys import CPU_KEYS
-from medrl.training.recipes import REPO_ROOT, Recipe, RecipeError, _from_raw, resolve_paths
+from medrl.training.recipes import REPO_ROOT, Recipe, RecipeError, recipe_from_raw, resolve_paths
 from medrl.training.verl_keys import verl_config
 
 STEPS = 2
@@ -91,15 +92,13 @@ def _default(trainer: str, key: str) -> Any:
 
 def _task(recipe: Recipe) -> str:
     """The sample task a recipe trains on: its reward spec's routes, else its name or data paths."""
-    spec = (recipe.reward.get("kwargs") or {}).get("spec")
+    spec = recipe.reward_spec
     routes = Path(spec).read_text() if spec and Path(spec).is_file() else str(spec or "")
-    for task in SAMPLE_TASKS:
-        if f"medrl/{task}" in routes:
-            return task
-    names = " ".join([recipe.name, *map(str, recipe.data.values())])
-    for task in SAMPLE_TASKS:
-        if task in names:
-            return task
+    # The sample's rows must have a route: its data sources by name, not any route about that task.
+    routed = next((task for task in SAMPLE_TASKS if f"medrl/{task}" in routes), None)
+    task = routed or task_in(" ".join([recipe.name, *map(str, recipe.data.values())]), SAMPLE_TASKS)
+    if task:
+        return task
     raise RecipeError(f"{recipe.path}: its data files are not on this machine and its reward spec routes "
                       f"neither medrl/grounding nor medrl/report (nor do its name or data paths say), so there "
                       f"is no bundled sample to rehearse with; pass the data (data.train=... data.val=...)")
@@ -162,7 +161,7 @@ def rehearsal(recipe: Recipe, run_dir: Path, ranks: int = RANKS) -> tuple[Recipe
             change(name, key, own[key], False, "offload to host memory on a host: pinning needs an accelerator")
             own[key] = False
         st["overrides"] = own
-    return _from_raw(raw, recipe.path), changes
+    return recipe_from_raw(raw, recipe.path), changes
 
 
 def format_changes(changes: list[Change]) -> str:
@@ -194,7 +193,7 @@ def preflight(recipe: Recipe, model_dir: str, echo: Callable[[str], None] = prin
     """
     from medrl.data.check import P_LENGTH, check_file, print_report
 
-    spec = (recipe.reward.get("kwargs") or {}).get("spec")
+    spec = recipe.reward_spec
     failures = []
     for st in (s for s in recipe.stages if s.trainer == "ppo"):
         limit = st.overrides.get("data.max_prompt_length", _default("ppo", "data.max_prompt_length"))

@@ -3,15 +3,15 @@ image with its true and predicted boxes before and after RL, the reward curve an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from medrl import jsonl
 from medrl.atomic import atomic_open
 from medrl.export.metrics import area_ratio_note
 from medrl.export.plots import pyplot, save_figure
 from medrl.training import learning
-from medrl.training.recipes import _resolve
+from medrl.training.recipes import resolve_path, reward_spec
 
 
 def _series(steps: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
@@ -79,7 +79,7 @@ def before_after_figure(image: Any, truth: list, before: list, after: list, path
 
 
 def _scores(eval_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (eval_dir / "scores.jsonl").read_text().splitlines() if line.strip()]
+    return jsonl.read(eval_dir / "scores.jsonl")
 
 
 def _response_length(manifest: dict[str, Any], rl: str, default: int = 64) -> int:
@@ -98,8 +98,8 @@ def learning_section(run_dir: Path, manifest: dict[str, Any], rl: str, sft: str 
     curve = learning.grpo_curve(run_dir / rl)
     if not val or not curve:
         return ["(no validation dumps: set trainer.validation_data_dir to see the learning curve)", ""]
-    spec = (manifest.get("recipe", {}).get("content", {}).get("reward", {}).get("kwargs") or {}).get("spec")
-    spec = str(_resolve(spec, run_dir)) if spec else None
+    spec = reward_spec(manifest.get("recipe", {}).get("content", {}).get("reward"))
+    spec = str(resolve_path(spec, run_dir)) if spec else None
     evals = {}
     models = [("before SFT", run_dir / "model"), ("after RL", run_dir / rl / "merged")]
     if sft:

@@ -14,12 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from medrl.training.device_keys import cpu_values
-from medrl.training.env import metrics_env, ray_env_vars
+from medrl.training.env import is_runtime_env_key, metrics_env, ray_env_vars, runtime_env_key
 from medrl.training.recipes import Recipe, RecipeError, Stage
 from medrl.training.verl_keys import check_overrides
-
-
-RUNTIME_ENV_VARS = "ray_kwargs.ray_init.runtime_env.env_vars."
 
 
 class Text(str):
@@ -95,7 +92,7 @@ def stage_overrides(
         # the metrics path of verl's file logger (it lives in the TaskRunner, a Ray worker) travel
         # in the job's runtime_env.
         for k, v in {**ray_env_vars(recipe.device), **metrics_env(out_dir)}.items():
-            keys[f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}"] = Text(v)
+            keys[runtime_env_key(k)] = Text(v)
         if recipe.reward.get("path"):
             keys["reward.custom_reward_function.path"] = recipe.reward["path"]
             keys["reward.custom_reward_function.name"] = recipe.reward.get("name", "compute_score")
@@ -124,7 +121,7 @@ def stage_overrides(
         keys.pop(k.lstrip("+"), None)
         keys.pop("+" + k.lstrip("+"), None)
         # Ray refuses a runtime_env variable that is not a str (Hydra reads `480` as an int).
-        keys[k] = Text(v) if k.lstrip("+").startswith(RUNTIME_ENV_VARS) and not isinstance(v, Text) else v
+        keys[k] = Text(v) if is_runtime_env_key(k) and not isinstance(v, Text) else v
     missing = [k for k, v in keys.items() if v is None and k.startswith(("data.train_files", "model.path"))]
     if missing:
         raise RecipeError(f"{recipe.path}: stage {stage.name!r} has no value for {missing}")

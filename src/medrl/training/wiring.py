@@ -21,14 +21,13 @@ A check fails loudly with the first offending rollouts; `format_report` prints a
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from medrl import jsonl
 from medrl.training.env import trainer_mode_overrides
 
 # The traced trainer (`medrl.training.wiring_trace`, imported inside verl's processes) and how
@@ -102,7 +101,7 @@ def read_trace(trace_dir: str | os.PathLike) -> dict[int, list[dict]]:
     """{step: [rollout record, ...]} from a traced run's `step_N.jsonl` files."""
     steps: dict[int, list[dict]] = {}
     for path in sorted(Path(trace_dir).glob("step_*.jsonl")):
-        recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        recs = jsonl.read(path)
         if recs:
             steps[int(path.stem.split("_")[1])] = recs
     if not steps:
@@ -122,16 +121,12 @@ class Rows:
 
 def load_rows(parquet: str | os.PathLike, processor_path: str, wanted: set[int]) -> Rows:
     """Read the rows `wanted` through verl's own RLHFDataset and image path (as the agent loop does)."""
-    from omegaconf import OmegaConf
-    from transformers import AutoProcessor
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    proc = AutoProcessor.from_pretrained(processor_path)
+    from medrl.data.check_rules import verl_dataset
+
     truth, extra, source, image = {}, {}, {}, {}
-    with tempfile.TemporaryDirectory(prefix="medrl-wiring-") as cache:
-        config = OmegaConf.create({"cache_dir": cache, "max_prompt_length": 10**9, "filter_overlong_prompts": False,
-                                   "return_raw_chat": True, "image_key": "images", "prompt_key": "prompt"})
-        ds = RLHFDataset(data_files=[str(parquet)], tokenizer=proc.tokenizer, config=config, processor=proc)
+    with verl_dataset(parquet, processor_path) as (ds, proc, config):
         patch = getattr(proc.image_processor, "patch_size", 14)
         for i in range(len(ds)):
             raw = ds.dataframe[i]
