@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from medrl.training.env import metrics_env, run_env
-from medrl.training.pipeline import _model, _prepare, latest_checkpoint, merge, merge_dtype
+from medrl.training.pipeline import latest_checkpoint, merge, merge_dtype, model_for, prepare_data
 from medrl.training.recipes import apply_overrides, load_recipe, resolve_paths
 from medrl.training.verl_command import build_command
 
@@ -107,8 +107,8 @@ def main() -> int:
     recipe = resolve_paths(recipe, out)
     env = run_env(recipe.device)
     t = time.time()
-    model = _model(recipe, out, print)
-    _prepare(recipe, out, env, print)
+    model = model_for(recipe, out, print)
+    prepare_data(recipe, out, env, print)
     print(f"setup (tiny model + data): {time.time() - t:.1f} s")
 
     figures = {}

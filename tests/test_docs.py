@@ -157,7 +157,11 @@ def check_command(command: str) -> str | None:
     head, args = words[0], words[1:]
     if head == "medrl":
         error = parse_medrl(args)
-        return f"medrl's parser refuses it: {error}" if error else None
+        if error:
+            return f"medrl's parser refuses it: {error}"
+        # The docs show the spelling `--help` lists (kebab-case); the old ones are hidden aliases.
+        old = [a.split("=", 1)[0] for a in args if re.fullmatch(r"--[a-z0-9]+(_[a-z0-9]+)+(=.*)?", a)]
+        return f"uses the old spelling {', '.join(old)} (write it kebab-case)" if old else None
     if head in ("python", "python3", "bash"):
         script = ROOT / args[0] if args else ROOT
         if not script.is_file():
@@ -261,6 +265,7 @@ def test_relative_links_and_anchors_exist(doc):
 # The checker itself: each of these lines is wrong in one way and must be refused.
 @pytest.mark.parametrize("command, problem", [
     ("medrl prepare grounding in.json --output_dir g --val-fractions 0.1", "unrecognized arguments: --val-fr"),
+    ("medrl prepare grounding in.json --output_dir g", "uses the old spelling --output_dir"),
     ("medrl check data.parquet --max_prompt 1024", "unrecognized arguments: --max_prompt"),   # no abbreviations
     ("medrl prepare groundings in.json --output_dir data/g", "invalid choice"),
     ("medrl merge runs/x --out hf/x --dtype bf17", "invalid choice"),
@@ -277,6 +282,7 @@ def test_the_checker_refuses_what_is_wrong(command, problem):
 
 @pytest.mark.parametrize("command", [
     "medrl train grpo_grounding model=/m --out runs/x a.b=1",   # overrides anywhere
+    "medrl prepare grounding in.json --out g --val-fraction 0.1",
     "medrl slurm grpo_grounding --out jobs/x.sh -- model=/m",
     "python benchmarks/bench_check.py --sizes 100000 --repeats 1",   # flags from scale_inputs.py
     "python examples/data_preprocess/mimic_mm.py d.json --local_dir out --no-instruction",   # via medrl

@@ -127,7 +127,7 @@ def merge(local_dir: Path, target: Path, dtype: str, log: Path) -> Path:
     return target
 
 
-def _prepare(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> None:
+def prepare_data(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> None:
     """Run the recipe's `prepare:` entries (arguments of `medrl prepare`) into <run>/data.
 
     An entry starting with `sample` generates data (`medrl prepare sample ... --out DIR`, its own
@@ -208,7 +208,8 @@ def check_reward(recipe: Recipe) -> None:
         raise RecipeError(f"reward of {recipe.path}: {exc}") from exc
 
 
-def _model(recipe: Recipe, run_dir: Path, echo) -> str:
+def model_for(recipe: Recipe, run_dir: Path, echo: Callable[[str], None]) -> str:
+    """The recipe's model path; for `model: tiny`, the tiny Qwen2.5-VL built once in <run>/model."""
     if recipe.model != "tiny":
         return recipe.model
     folder = run_dir / "model"
@@ -274,8 +275,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, selected: list[Stage], manifest: 
     manifest_path = run_dir / "manifest.json"
     env = {**env, RUN_MARKER: str(run_dir)}  # every process of the run carries it (medrl.processes)
     t0 = time.time()
-    model = _model(recipe, run_dir, echo)
-    _prepare(recipe, run_dir, env, echo)
+    model = model_for(recipe, run_dir, echo)
+    prepare_data(recipe, run_dir, env, echo)
     manifest["timings_s"]["setup"] = round(time.time() - t0, 1)
     manifest["data"] = {
         k: {"path": v, "sha256": file_sha256(Path(v))} for k, v in recipe.data.items() if v and Path(v).is_file()
