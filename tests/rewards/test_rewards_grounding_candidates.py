@@ -106,7 +106,7 @@ def test_size_table(answer, truth, kw, score, log_ratio):
 @pytest.mark.parametrize("module, kw, message", [
     (giou, {"kind": "ciou"}, "unknown kind"), (f1iou, {"mode": "hard"}, "unknown mode"),
     (f1iou, {"thresholds": [0.5, 1.5]}, "thresholds must be"), (f1iou, {"thresholds": []}, "thresholds must be"),
-    (size, {"max_ratio": 1.0}, "max_ratio must be"), (giou, {"box_convention": "pixels"}, "unknown box_convention"),
+    (size, {"max_ratio": 1.0}, "max_ratio must be"), (giou, {"box_convention": "pixels"}, "unknown box convention"),
 ])
 def test_bad_settings_name_the_setting(module, kw, message):
     with pytest.raises(ValueError, match=message):
