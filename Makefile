@@ -8,13 +8,15 @@ setup:
 demo: setup
 	.venv/bin/medrl demo --out runs/demo
 
-# Set up from scratch, then run the whole test suite (what CI runs).
+# Set up from scratch, then run the whole test suite (what CI runs): the fast tier on both cores,
+# then the slow tier (end-to-end verl runs, each taking the whole machine) one test at a time.
 test: setup
-	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
 
-# Everything not marked slow (no end-to-end verl runs): about 2 minutes.
+# Everything not marked slow (no end-to-end verl run, no vLLM engine), on both cores.
 test-fast: setup
-	.venv/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
 
 bench: setup
 	for b in benchmarks/bench_*.py; do .venv/bin/python $$b || exit 1; done

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import settings
+
 
 from medrl.processes import orphaned_shm, remove_shm, shm_segments, terminate
 
@@ -30,6 +32,9 @@ os.environ[SESSION_ENV] = SESSION = uuid.uuid4().hex
 LEFTOVER_GRACE_S = 30  # Ray and vLLM take a few seconds to shut down after their driver returns
 
 REPO = Path(__file__).resolve().parents[1]
+# Property tests time nothing: a loaded machine (or the other xdist worker) must not fail them.
+settings.register_profile("medrl", deadline=None)
+settings.load_profile("medrl")
 
 
 def session_processes(session: str = SESSION) -> list[psutil.Process]:
