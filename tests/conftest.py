@@ -29,7 +29,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MEDRL_STAGE_TIMEOUT_S", "900")
 SESSION_ENV = "MEDRL_TEST_SESSION"
 os.environ[SESSION_ENV] = SESSION = uuid.uuid4().hex
-LEFTOVER_GRACE_S = 30  # Ray and vLLM take a few seconds to shut down after their driver returns
+LEFTOVER_GRACE_S = 30
+# Segments the tests of the leftover rules make on purpose (another xdist worker may be holding one).
+OWN_SHM = "psm_medrltest"  # Ray and vLLM take a few seconds to shut down after their driver returns
 
 REPO = Path(__file__).resolve().parents[1]
 # Property tests time nothing: a loaded machine (or the other xdist worker) must not fail them.
@@ -85,7 +87,8 @@ def no_leftover_processes(request):
     # Descendants of pytest are its fixtures' servers (a local Slurm); they are checked at session end.
     keep = {p.pid for p in psutil.Process().children(recursive=True)}
     strays = stray_processes(keep)
-    segments = remove_shm(orphaned_shm(shm_segments() - shm_before))
+    new = {n for n in shm_segments() - shm_before if not n.startswith(OWN_SHM)}
+    segments = remove_shm(orphaned_shm(new))
     problems = [f"process {s}" for s in strays] + [f"/dev/shm/{n} (nobody holds it)" for n in segments]
     if problems:
         pytest.fail(f"{request.node.nodeid} left {len(problems)} thing(s) behind (now ended/removed):\n  "
