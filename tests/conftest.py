@@ -29,9 +29,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MEDRL_STAGE_TIMEOUT_S", "900")
 SESSION_ENV = "MEDRL_TEST_SESSION"
 os.environ[SESSION_ENV] = SESSION = uuid.uuid4().hex
-LEFTOVER_GRACE_S = 30
+LEFTOVER_GRACE_S = 30  # Ray and vLLM take a few seconds to shut down after their driver returns
 # Segments the tests of the leftover rules make on purpose (another xdist worker may be holding one).
-OWN_SHM = "psm_medrltest"  # Ray and vLLM take a few seconds to shut down after their driver returns
+OWN_SHM = "psm_medrltest"
 
 REPO = Path(__file__).resolve().parents[1]
 # Property tests time nothing: a loaded machine (or the other xdist worker) must not fail them.
