@@ -43,7 +43,7 @@ if [ "$CACHE" != "off" ] && { [ ! -e .venv ] || [ -L .venv ]; }; then
   rm -rf "$cached"  # an interrupted earlier build
   ln -sfn "$cached" .venv
   # Keep the two newest environments; older pins are not coming back.
-  ls -1dt "$CACHE"/venv-* 2>/dev/null | tail -n +3 | grep -v -x "$cached" | xargs -r rm -rf
+  { ls -1dt "$CACHE"/venv-* 2>/dev/null | tail -n +3 | grep -v -x "$cached" | xargs -r rm -rf; } || true
 fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PY --version)"
