@@ -93,4 +93,4 @@ PY
   pip_install -e ".[test]"
 fi
 echo "$want" > "$stamp"
-echo "[setup] done in $((SECONDS - t0)) s: $(.venv/bin/python -c 'import verl, torch, transformers, importlib.metadata as m; print("verl", verl.__version__, "torch", torch.__version__, "transformers", transformers.__version__, "vllm", m.version("vllm"))') ($(du -sh .venv | cut -f1))"
+echo "[setup] done in $((SECONDS - t0)) s: $(.venv/bin/python -c 'import verl, torch, transformers, importlib.metadata as m; print("verl", verl.__version__, "torch", torch.__version__, "transformers", transformers.__version__, "vllm", m.version("vllm"))') ($(du -shL .venv | cut -f1))"
