@@ -18,7 +18,7 @@ import pytest
 from hypothesis import settings
 
 
-from medrl.processes import orphaned_shm, remove_shm, shm_segments, terminate
+from medrl.processes import orphaned_shm, processes_with, remove_shm, shm_segments, terminate
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,16 +41,7 @@ settings.load_profile("medrl")
 
 def session_processes(session: str = SESSION) -> list[psutil.Process]:
     """Live processes (not zombies, not this one) whose environment carries this test session's id."""
-    found = []
-    for p in psutil.process_iter():
-        if p.pid == os.getpid():
-            continue
-        try:
-            if p.environ().get(SESSION_ENV) == session and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
+    return processes_with(SESSION_ENV, session)
 
 
 def _describe(p: psutil.Process) -> str:

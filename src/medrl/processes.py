@@ -105,19 +105,27 @@ def run_logged(cmd: list[str], env: dict[str, str], log: Path, on_line: Callable
         return rc
 
 
-def marked_processes(run_dir: str | os.PathLike) -> list[psutil.Process]:
-    """Live processes whose environment carries this run folder's marker (not this process)."""
-    want = str(Path(run_dir).resolve())
+def processes_with(name: str, value: str) -> list[psutil.Process]:
+    """Live processes (not zombies, not this one) whose environment has `name` set to `value`.
+
+    The environment a process was started with is inherited down the tree, so this finds every
+    process a run or a test session started, wherever it was reparented.
+    """
     found = []
     for p in psutil.process_iter():
         if p.pid == os.getpid():
             continue
         try:
-            if p.environ().get(RUN_MARKER) == want and p.status() != psutil.STATUS_ZOMBIE:
+            if p.environ().get(name) == value and p.status() != psutil.STATUS_ZOMBIE:
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def marked_processes(run_dir: str | os.PathLike) -> list[psutil.Process]:
+    """Live processes whose environment carries this run folder's marker (not this process)."""
+    return processes_with(RUN_MARKER, str(Path(run_dir).resolve()))
 
 
 def _group(pgid: int) -> list[psutil.Process]:
