@@ -14,9 +14,10 @@ test: setup
 	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
 	.venv/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
 
-# Everything not marked slow (no end-to-end verl run, no vLLM engine), on both cores.
+# The quick loop: no end-to-end verl run, no vLLM engine, no verl dataset load over many rows
+# (markers slow and verl_load), on both cores.
 test-fast: setup
-	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -m "not slow and not verl_load" -n 2 $(PYTEST_ARGS)
 
 bench: setup
 	for b in benchmarks/bench_*.py; do .venv/bin/python $$b || exit 1; done

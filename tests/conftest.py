@@ -70,6 +70,12 @@ def _is_helper(p: psutil.Process) -> bool:
         return False
 
 
+def pytest_configure(config):
+    """The suite's own marker besides `slow` (pyproject.toml): `make test-fast` leaves these out."""
+    config.addinivalue_line("markers", "verl_load: loads rows through verl's RLHFDataset with a real processor "
+                                       "(10-40 s each; in `make test`'s parallel tier, not in `make test-fast`)")
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes(request):
     """Fail a test that leaves processes (outside pytest's own tree) or shared memory behind."""

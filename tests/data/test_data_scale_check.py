@@ -75,6 +75,7 @@ def test_fast_check_finds_what_the_full_verl_load_finds(ref_rows, tiny_model_dir
     assert fast["verified"]["mismatches"] == 0 and fast["verified"]["rows"] >= 5
 
 
+@pytest.mark.verl_load
 def test_every_row_near_the_limit_is_proven_through_verl(ref_rows, tiny_model_dir, tmp_path):
     rows = [r for k, r in enumerate(ref_rows) if k not in (3, 5, 11)]
     path = _write(rows, tmp_path / "rows.parquet")
@@ -90,6 +91,7 @@ def test_every_row_near_the_limit_is_proven_through_verl(ref_rows, tiny_model_di
     assert report["lengths"]["max"] == max(counts) and report["lengths"]["counted"] == len(rows)
 
 
+@pytest.mark.verl_load
 def test_a_wrong_fast_count_fails_the_check(ref_rows, tiny_model_dir, tmp_path, monkeypatch):
     from medrl.data.prompt_length import PromptCounter
 

@@ -128,6 +128,7 @@ def test_sft_parquet_loads_through_verl_multiturn_sft_dataset(prepared, tiny_mod
     assert min(masks[2]) > 1.7 * single  # both answers of a two-turn record are trained
 
 
+@pytest.mark.verl_load
 def test_check_passes_the_converted_files(prepared, tiny_model_dir):
     from medrl.data.check import check_file
 
@@ -138,6 +139,7 @@ def test_check_passes_the_converted_files(prepared, tiny_model_dir):
         assert all(report["routes"].values())
 
 
+@pytest.mark.verl_load
 def test_check_reports_every_problem_with_its_rows(prepared, tiny_model_dir, tmp_path, capsys):
     from medrl.cli import main
     from medrl.data import check

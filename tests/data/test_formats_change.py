@@ -104,6 +104,7 @@ def test_sample_splits_and_counts(converted):
     assert train["rejected"] == test["rejected"] == 0
 
 
+@pytest.mark.verl_load
 def test_sample_rows_load_in_verl_and_pass_check(converted, tiny_model_dir):
     from medrl.rewards import compose
 

@@ -147,6 +147,7 @@ def test_sample_converts_every_kind(converted):
             assert r["reward_model"]["ground_truth"] == format_boxes(mask_boxes(mask, 16))  # the speck is not a box
 
 
+@pytest.mark.verl_load
 def test_sample_rows_load_in_verl_and_pass_check(converted, tiny_model_dir):
     parquet = converted / "rl/train.parquet"
     items = load_with_verl(parquet, tiny_model_dir)

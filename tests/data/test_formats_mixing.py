@@ -173,6 +173,7 @@ def test_mandatory_group_without_rows_fails(tmp_path, repo_root):
     assert run_cli("mix", cfg, "--output", tmp_path / "m.parquet", "--no_progress") == 2
 
 
+@pytest.mark.verl_load
 def test_mixed_rows_load_in_verl_and_pass_check(mixed, tiny_model_dir):
     tmp, _ = mixed
     items = load_with_verl(tmp / "a/train.parquet", tiny_model_dir)

@@ -95,6 +95,7 @@ def test_dataset_filter_selects_main_task_type(converted):
     assert all(r["data_source"] == "medrl/vqa" for r in rows)
 
 
+@pytest.mark.verl_load
 def test_sample_rows_load_in_verl_and_pass_check(converted, tiny_model_dir):
     parquet = converted / "all/train.parquet"
     items = load_with_verl(parquet, tiny_model_dir)

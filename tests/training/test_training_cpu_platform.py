@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from medrl.training.cpu_platform import dedupe_backend
 from medrl.training.env import BACKEND_MODULE, run_env
 
@@ -57,6 +59,7 @@ PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.verl_load
 def test_verl_sees_the_cpu_platform_engines_and_rollout():
     out = subprocess.run([sys.executable, "-c", PROBE], env=run_env("cpu"), capture_output=True, text=True,
                          timeout=300)

@@ -214,6 +214,7 @@ def test_an_unknown_option_is_still_refused(capsys):
     assert "--bogus" in capsys.readouterr().err
 
 
+@pytest.mark.verl_load
 def test_cpu_tiny_prompt_length_fits_every_sample_prompt(tmp_path, tiny_model_dir):
     # verl refuses (does not cut) an image prompt longer than rollout.prompt_length.
     from medrl.cli import main

@@ -123,6 +123,7 @@ def _recipe_on(data: Path, *overrides: str):
     return R.resolve_paths(cpu, data.parent / "run")
 
 
+@pytest.mark.verl_load
 def test_preflight_passes_the_sample(sample_rows, tiny_model_dir):
     preflight(_recipe_on(sample_rows / "train.parquet"), str(tiny_model_dir), echo=lambda s: None)
 
@@ -138,6 +139,7 @@ def _rewrite(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
+@pytest.mark.verl_load
 def test_preflight_fails_on_a_row_the_processor_cannot_load(sample_rows, tiny_model_dir, tmp_path):
     def corrupt(rows):
         rows[3]["images"] = [{"bytes": rows[3]["images"][0]["bytes"][:40], "path": None}]
@@ -147,6 +149,7 @@ def test_preflight_fails_on_a_row_the_processor_cannot_load(sample_rows, tiny_mo
         preflight(_recipe_on(bad), str(tiny_model_dir), echo=lambda s: None)
 
 
+@pytest.mark.verl_load
 def test_preflight_fails_on_a_data_source_with_no_route(sample_rows, tiny_model_dir, tmp_path):
     def rename(rows):
         rows[0]["data_source"] = "medrl/segmentation"
@@ -156,6 +159,7 @@ def test_preflight_fails_on_a_data_source_with_no_route(sample_rows, tiny_model_
         preflight(_recipe_on(bad), str(tiny_model_dir), echo=lambda s: None)
 
 
+@pytest.mark.verl_load
 def test_preflight_fails_on_a_prompt_over_the_limit_unless_verl_drops_it(sample_rows, tiny_model_dir):
     data = sample_rows / "train.parquet"
     with pytest.raises(RehearsalError, match="prompt over max_prompt_length"):
@@ -205,6 +209,7 @@ def test_every_shipped_gpu_recipe_rehearses_green(name, tmp_path):
     assert "passed" in proc.stdout and "Not checked: GPU memory" in proc.stdout
 
 
+@pytest.mark.verl_load
 def test_preflight_fails_on_a_reward_that_raises(sample_rows, tiny_model_dir, tmp_path):
     reward = tmp_path / "broken.py"
     reward.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw):\n"
