@@ -18,7 +18,7 @@ import pytest
 from hypothesis import settings
 
 
-from medrl.processes import orphaned_shm, processes_with, remove_shm, shm_segments, terminate
+from medrl.processes import orphaned_shm, processes_with, remove_shm, run_logged, shm_segments, terminate
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,6 +42,16 @@ settings.load_profile("medrl")
 def session_processes(session: str = SESSION) -> list[psutil.Process]:
     """Live processes (not zombies, not this one) whose environment carries this test session's id."""
     return processes_with(SESSION_ENV, session)
+
+
+def run_limited(cmd: list[str], log: Path, timeout_s: float, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run a command as medrl runs a stage: (exit code, its output, also in `log`).
+
+    Its own process group, and a time limit: past it, the command and everything it started are
+    ended and the test fails with the log's last lines (medrl.processes.RunTimeout).
+    """
+    rc = run_logged(cmd, dict(os.environ if env is None else env), log, None, timeout_s)
+    return rc, log.read_text(encoding="utf-8", errors="replace")
 
 
 def _describe(p: psutil.Process) -> str:

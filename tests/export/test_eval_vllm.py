@@ -8,10 +8,10 @@ most of it vLLM's engine start-up.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
+from conftest import run_limited
 
 import vllm  # noqa: E402,F401  (a broken install fails here, never skips)
 
@@ -20,8 +20,8 @@ def _eval(model, data, out, backend):
     cmd = [sys.executable, "-m", "medrl.cli", "eval", str(model), "--data", str(data), "--out", str(out),
            "--backend", backend, "--max-new-tokens", "24", "--batch-size", "8", "--limit", "8",
            "--reward", "iou"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{backend}: {proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    rc, log = run_limited(cmd, out.parent / f"{backend}.log", 900)
+    assert rc == 0, f"{backend}: {log[-4000:]}"
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     meta = json.loads((out / "generations.meta.json").read_text())

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_limited
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,8 @@ def runs(tmp_path_factory, tiny_model_dir) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            __file__, str(tiny_model_dir), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    rc, log = run_limited(cmd, out / "torchrun.log", 400, env)
+    assert rc == 0, log[-4000:]
     return out
 
 

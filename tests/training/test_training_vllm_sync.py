@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+from conftest import run_limited
 
 import vllm  # noqa: E402,F401  (a broken install fails here, never skips)
 
@@ -122,10 +122,10 @@ def sync_result(tmp_path_factory, tiny_model_dir, repo_root):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VERL_RAY_JOB_ID": f"medrl-test-{os.getpid()}",
            "VERL_REPLICA_RANK": "0", "VERL_PLATFORM": "cpu",
            "VERL_USE_EXTERNAL_MODULES": "medrl.training.cpu_backend"}
-    proc = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(model_b), str(image)],
-                          env=env, capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"probe failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    rc, out = run_limited([sys.executable, str(script), str(tiny_model_dir), str(model_b), str(image)],
+                          tmp / "probe.log", 900, env)
+    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    assert rc == 0 and lines, f"probe failed (exit {rc}):\n{out[-4000:]}"
     return json.loads(lines[-1][len("RESULT "):])
 
 
