@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_limited
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +66,8 @@ def _save_checkpoints(model_dir: str, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir) -> Path:
+    from conftest import run_limited  # inside: this file is also the torchrun script, run without pytest
+
     out = tmp_path_factory.mktemp("fsdp-runs")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
