@@ -175,3 +175,13 @@ def test_a_run_folder_in_use_by_a_live_run_is_refused(fake, tmp_path):
         holder.wait()
     go()  # the holder is gone: the folder is free again
     assert launches("grpo") == 1
+
+
+def test_inputs_are_the_values_that_name_files(tmp_path):
+    from medrl.training.fingerprint import file_sha256, inputs_digest
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("routes: {}\n")
+    got = inputs_digest([str(spec), 0.5, None, "norm1", str(tmp_path / "missing.yaml")])
+    assert got == {str(spec): file_sha256(spec)}
+    assert inputs_digest([str(spec)], {str(spec): "recorded"}) == {str(spec): "recorded"}  # hashed once

@@ -55,16 +55,21 @@ def command_settings(cmd: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     return settings, length
 
 
-def inputs_digest(paths: Iterable[str | None]) -> dict[str, str]:
-    """{path: sha256} of the stage's input files that exist (data, reward file, spec)."""
-    return {str(p): file_sha256(p) for p in paths if p and Path(p).is_file()}
+def inputs_digest(paths: Iterable[Any], known: dict[str, str] | None = None) -> dict[str, str]:
+    """{path: sha256} of the values that name existing files (data, reward file, spec); `known` hashes are reused.
+
+    Other values (a reward kwarg such as a number or a box convention) are not inputs and are skipped.
+    """
+    known = known or {}
+    return {str(p): known.get(str(p)) or file_sha256(p) for p in paths
+            if isinstance(p, str) and p and Path(p).is_file()}
 
 
-def stage_fingerprint(cmd: list[str], inputs: Iterable[str | None], code: dict[str, str],
+def stage_fingerprint(cmd: list[str], inputs: dict[str, str], code: dict[str, str],
                       upstream: str | None) -> dict[str, Any]:
-    """The record of what a stage is made from (JSON-able)."""
+    """The record of what a stage is made from (JSON-able); `inputs` is {path: sha256}."""
     settings, length = command_settings(cmd)
-    return {"settings": settings, "length": length, "inputs": inputs_digest(inputs), "code": dict(code),
+    return {"settings": settings, "length": length, "inputs": dict(inputs), "code": dict(code),
             "upstream": upstream}
 
 

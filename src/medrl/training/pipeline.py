@@ -36,8 +36,8 @@ import psutil
 from medrl.atomic import write_json
 from medrl.processes import RUN_MARKER, clean_leftovers, run_logged
 from medrl.training.env import metrics_env, run_env
-from medrl.training.fingerprint import (digest, file_sha256, length_changed, source_digest, stage_fingerprint,
-                                        what_changed)
+from medrl.training.fingerprint import (digest, file_sha256, inputs_digest, length_changed, source_digest,
+                                        stage_fingerprint, what_changed)
 from medrl.training.recipes import Recipe, RecipeError, Stage, resolve_path, resolve_paths
 from medrl.training.verl_command import build_command, format_command
 
@@ -131,7 +131,9 @@ def prepare_data(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> No
     """Run the recipe's `prepare:` entries (arguments of `medrl prepare`) into <run>/data.
 
     An entry starting with `sample` generates data (`medrl prepare sample ... --out DIR`, its own
-    folder); every other entry converts into <run>/data. Nothing runs once data/summary.json exists.
+    folder); every other entry converts into <run>/data. Nothing runs once data/summary.json exists
+    and `prepare.json` records the same entries; changed entries remake the folder (the old one is
+    kept as data.previous).
     """
     out = run_dir / "data"
     entries = [[str(a) for a in args] for args in recipe.raw.get("prepare") or []]
@@ -143,7 +145,7 @@ def prepare_data(recipe: Recipe, run_dir: Path, env: dict[str, str], echo) -> No
         echo(f"[data] the recipe's prepare entries changed since {out} was made; preparing it again "
              f"(the old folder is kept as data.previous)")
         _set_aside(out)
-    for args in recipe.raw.get("prepare") or []:
+    for args in entries:
         if (out / "summary.json").is_file():
             continue
         # Paths in the recipe are relative to the repository (or the current folder): resolve them.
@@ -286,32 +288,34 @@ def _run_stages(recipe: Recipe, run_dir: Path, selected: list[Stage], manifest: 
         preflight(recipe, model)
 
     last_merged, upstream, code = None, {}, code_version()
-    reward_inputs = [recipe.reward.get("path"), *(recipe.reward.get("kwargs") or {}).values()]
+    # Each input file is hashed once: the data files' hashes are the manifest's.
+    hashes = inputs_digest([*(v for v in recipe.data.values() if isinstance(v, str)), recipe.reward.get("path"),
+                            *(recipe.reward.get("kwargs") or {}).values()],
+                           {d["path"]: d["sha256"] for d in manifest["data"].values()})
     for st in recipe.stages:
         stage_dir = run_dir / st.name
         merged = stage_dir / "merged"
         start = (run_dir / st.init_from / "merged") if st.init_from else None
         cmd = build_command(recipe, st, stage_dir, model_path=str(start) if start else model)
-        # SFT reads the chat-form files, RL the prompt files.
-        data_inputs = [v for k, v in recipe.data.items()
-                       if isinstance(v, str) and k.startswith("sft_") == (st.trainer == "sft")]
-        fp = stage_fingerprint(cmd, data_inputs + reward_inputs, code, upstream.get(st.init_from))
+        # SFT reads the chat-form files, RL the prompt files; both read the reward's files.
+        skip = {v for k, v in recipe.data.items() if isinstance(v, str) and k.startswith("sft_") != (st.trainer == "sft")}
+        fp = stage_fingerprint(cmd, {p: h for p, h in hashes.items() if p not in skip}, code,
+                               upstream.get(st.init_from))
         recorded = manifest["stages"].get(st.name, {}).get("fingerprint")
+        changed, longer = what_changed(recorded, fp), length_changed(recorded, fp)
         if st in selected and ((merged / DONE).is_file() or (stage_dir / "checkpoints").is_dir()):
-            changed = what_changed(recorded, fp)
             if changed:
                 echo(f"[{st.name}] changed since the run in {stage_dir}: " + "; ".join(changed[:6])
                      + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""))
                 echo(f"[{st.name}] running it again; the old folder is kept as {stage_dir.name}.previous")
                 _set_aside(stage_dir)
-            elif (merged / DONE).is_file() and length_changed(recorded, fp):
-                echo(f"[{st.name}] only its length or bookkeeping changed ({'; '.join(length_changed(recorded, fp))}): "
+            elif (merged / DONE).is_file() and longer:
+                echo(f"[{st.name}] only its length or bookkeeping changed ({'; '.join(longer)}): "
                      "going on from its last checkpoint")
                 (merged / DONE).unlink()
-        elif (merged / DONE).is_file() and what_changed(recorded, fp):
+        elif (merged / DONE).is_file() and changed:
             raise RecipeError(f"stage {st.name!r} in {stage_dir} was made from other settings or inputs "
-                              f"({'; '.join(what_changed(recorded, fp)[:3])}); run it again before the stages "
-                              "after it")
+                              f"({'; '.join(changed[:3])}); run it again before the stages after it")
         # What the later stages start from: the recorded result, unless this stage runs now.
         upstream[st.name] = digest(recorded if st not in selected and recorded else fp)
         if st not in selected or (merged / DONE).is_file():
