@@ -18,7 +18,7 @@ import pytest
 from hypothesis import settings
 
 
-from medrl.processes import orphaned_shm, processes_with, remove_shm, run_logged, shm_segments, terminate
+from medrl.processes import describe, orphaned_shm, processes_with, remove_shm, run_logged, shm_segments, terminate
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,20 +54,13 @@ def run_limited(cmd: list[str], log: Path, timeout_s: float, env: dict[str, str]
     return rc, log.read_text(encoding="utf-8", errors="replace")
 
 
-def _describe(p: psutil.Process) -> str:
-    try:
-        return f"pid {p.pid} ({p.name()}): {' '.join(p.cmdline())[:200]}"
-    except psutil.Error:
-        return f"pid {p.pid} (gone)"
-
-
 def stray_processes(keep: set[int], grace_s: float = LEFTOVER_GRACE_S) -> list[str]:
     """End this session's processes outside `keep` that do not exit within `grace_s`; describe them."""
     strays = [p for p in session_processes() if p.pid not in keep]
     if not strays:
         return []
     _, alive = psutil.wait_procs(strays, timeout=grace_s)
-    described = [_describe(p) for p in alive]
+    described = [describe(p) for p in alive]
     terminate(alive, grace_s=0)
     return described
 

@@ -10,7 +10,7 @@ import uuid
 import psutil
 from conftest import SESSION, session_processes, stray_processes
 
-from medrl.processes import SHM, orphaned_shm
+from medrl.processes import SHM, describe, orphaned_shm
 
 
 def _detached_sleeper() -> psutil.Process:
@@ -65,3 +65,17 @@ def test_shared_memory_nobody_holds_is_orphaned_and_held_memory_is_not():
         holder.wait()
         free.unlink(missing_ok=True)
         held.unlink(missing_ok=True)
+
+
+def test_a_process_that_became_a_zombie_is_described_without_raising():
+    # CI failed once in clean_leftovers: a leftover exited between being found and being described.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    zombie = psutil.Process(child.pid)
+    deadline = time.time() + 10
+    while zombie.status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+        time.sleep(0.05)
+    assert zombie.status() == psutil.STATUS_ZOMBIE
+    try:
+        assert describe(zombie) == f"pid {child.pid}: (exited)"
+    finally:
+        child.wait()

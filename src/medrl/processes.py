@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -32,18 +31,6 @@ SHM_PREFIXES = ("psm_", "torch_")
 
 class RunTimeout(RuntimeError):
     """A command ran past its time limit and was ended with its whole process group."""
-
-
-@dataclass(frozen=True)
-class Leftover:
-    """A process that outlived what started it."""
-
-    pid: int
-    create_time: float
-    cmdline: str
-
-    def __str__(self) -> str:
-        return f"pid {self.pid}: {self.cmdline[:160]}"
 
 
 def log_tail(log: Path, lines: int = 40) -> str:
@@ -103,6 +90,15 @@ def run_logged(cmd: list[str], env: dict[str, str], log: Path, on_line: Callable
         reader.join(timeout=30)
         end_run(proc.pid, env.get(RUN_MARKER), grace_s=30)
         return rc
+
+
+def describe(p: psutil.Process) -> str:
+    """`pid N: command line` for the user; a process that exited or became a zombie meanwhile says so."""
+    try:
+        return f"pid {p.pid} ({p.name()}): {' '.join(p.cmdline())[:200]}"
+    except psutil.Error:
+        # It can exit between being found and being described (CI saw a ZombieProcess here).
+        return f"pid {p.pid}: (exited)"
 
 
 def processes_with(name: str, value: str) -> list[psutil.Process]:
@@ -226,7 +222,7 @@ def clean_leftovers(run_dir: str | os.PathLike, echo: Callable[[str], None] = pr
     Returns (processes ended, segments removed), each described for the user.
     """
     procs = marked_processes(run_dir)
-    described = [str(Leftover(p.pid, p.create_time(), " ".join(p.cmdline()))) for p in procs if p.is_running()]
+    described = [describe(p) for p in procs]
     terminate(procs, grace_s=0)
     # Only segments that nobody maps and that are not brand new (another program may be about to map one).
     segs = remove_shm(orphaned_shm(older_than_s=60))
