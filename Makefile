@@ -13,7 +13,7 @@ demo: setup
 # Measured on a quiet 2-core machine (cached setup): 34 min (fast tier 3.6 min, slow tier 30.4 min).
 test: setup
 	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
-	.venv/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -m slow -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # The quick loop: no end-to-end verl run, no vLLM engine, no verl dataset load over many rows
 # (markers slow and verl_load), on both cores. Measured on a quiet 2-core machine: 65 s.

@@ -79,6 +79,23 @@ def pytest_configure(config):
                                        "(10-40 s each; in `make test`'s parallel tier, not in `make test-fast`)")
 
 
+# Slow modules whose tests are independent launches: spread over the xdist workers test by test.
+# Every other slow module keeps its tests on one worker (`make test` runs the slow tier with
+# `--dist loadgroup`): they share one expensive run (a module fixture), or one local Slurm cluster.
+SPREAD_SLOW_MODULES = {"test_training_rehearse.py", "test_data_scale_check.py", "test_data_scale_count.py"}
+# Modules whose runs use two ranks (about 11 GB each): one worker, so that two never overlap on 24 GB.
+TWO_RANK_MODULES = {"test_training_cpu_e2e.py", "test_slurm.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Group each slow module's tests by module, except those in SPREAD_SLOW_MODULES."""
+    for item in items:
+        module = item.path.name
+        if item.get_closest_marker("slow") and module not in SPREAD_SLOW_MODULES:
+            item.add_marker(pytest.mark.xdist_group("two_ranks" if module in TWO_RANK_MODULES else module))
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes(request):
     """Fail a test that leaves processes (outside pytest's own tree) or shared memory behind."""
@@ -88,7 +105,8 @@ def no_leftover_processes(request):
     keep = {p.pid for p in psutil.Process().children(recursive=True)}
     strays = stray_processes(keep)
     new = {n for n in shm_segments() - shm_before if not n.startswith(OWN_SHM)}
-    segments = remove_shm(orphaned_shm(new))
+    # Not the segments of the last 2 s: the other xdist worker's run may be about to map one.
+    segments = remove_shm(orphaned_shm(new, older_than_s=2))
     problems = [f"process {s}" for s in strays] + [f"/dev/shm/{n} (nobody holds it)" for n in segments]
     if problems:
         pytest.fail(f"{request.node.nodeid} left {len(problems)} thing(s) behind (now ended/removed):\n  "
