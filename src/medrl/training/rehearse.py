@@ -5,7 +5,7 @@ What changes, and nothing else:
   (one node; one CPU rank and one vLLM replica, or `ranks` of each for real FSDP sharding);
 - sizes: batches, micro-batches, response length, rollout n, tensor parallel size, steps
   (every stage runs `STEPS` steps, saves a checkpoint and validates on a few rows);
-- keys that exist only on a device (`medrl.training.device_keys`: flash-attn, CUDA graphs...);
+- keys that exist only on a device (`medrl.cpu.device_keys`: flash-attn, CUDA graphs...);
 - data files the recipe names but this machine does not have: the bundled sample, prepared
   for the task the reward spec routes (grounding or report).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medrl.rewards.tasks import task_in
-from medrl.training.device_keys import CPU_KEYS
+from medrl.cpu.device_keys import CPU_KEYS
 from medrl.training.recipes import REPO_ROOT, Recipe, RecipeError, recipe_from_raw, resolve_paths
 from medrl.training.verl_keys import verl_config
 

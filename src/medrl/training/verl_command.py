@@ -1,7 +1,7 @@
 """The exact verl command line of one recipe stage, checked against verl's own config.
 
 Keys come in order: what the recipe implies (data, model, resources, reward, run folder), the
-CPU keys of `medrl.training.device_keys` for `device: cpu`, then the stage's own overrides,
+CPU keys of `medrl.cpu.device_keys` for `device: cpu`, then the stage's own overrides,
 which win. Every key is looked up in verl's composed Hydra config before anything launches.
 """
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medrl.training.device_keys import cpu_values
+from medrl.cpu.device_keys import cpu_values
 from medrl.training.env import is_runtime_env_key, metrics_env, ray_env_vars, runtime_env_key
 from medrl.training.recipes import Recipe, RecipeError, Stage
 from medrl.training.verl_keys import check_overrides

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from medrl.training.cpu_platform import dedupe_backend
+from medrl.cpu.patches import dedupe_backend
 from medrl.training.env import BACKEND_MODULE, run_env
 
 
@@ -34,7 +34,7 @@ def test_dedupe_backend():
 PROBE = textwrap.dedent(
     """
     import json, os, torch, torch.distributed as dist
-    import verl  # imports medrl.training.cpu_backend through VERL_USE_EXTERNAL_MODULES
+    import verl  # imports medrl.cpu.backend through VERL_USE_EXTERNAL_MODULES
     from verl.utils.device import get_device_name, get_nccl_backend, get_resource_name, get_torch_device
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.rollout.base import get_rollout_class
