@@ -9,7 +9,6 @@ import textwrap
 
 import pytest
 
-from medrl.cpu.patches import dedupe_backend
 from medrl.training.env import BACKEND_MODULE, run_env
 
 
@@ -23,12 +22,6 @@ def test_run_env_selects_the_cpu_backend_without_touching_the_callers_environmen
     assert "VERL_PLATFORM" not in gpu  # GPU hosts keep verl's own detection
     assert gpu["VERL_USE_EXTERNAL_MODULES"] == BACKEND_MODULE  # the "hf" rollout stays available
     assert run_env("cpu", env)["VERL_USE_EXTERNAL_MODULES"].count(BACKEND_MODULE) == 1
-
-
-def test_dedupe_backend():
-    assert dedupe_backend("cpu:gloo,cpu:gloo") == "cpu:gloo"
-    assert dedupe_backend("cpu:gloo,cuda:nccl") == "cpu:gloo,cuda:nccl"
-    assert dedupe_backend("gloo") == "gloo" and dedupe_backend(None) is None
 
 
 PROBE = textwrap.dedent(

@@ -250,7 +250,6 @@ def unfilled_weights(model, names: list[str]) -> list[str]:
 
 @functools.cache
 def _extension_class() -> type:
-    check_versions("verl", "vllm")
     from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
 
     class CPUWorkerExtension(vLLMColocateWorkerExtension):
@@ -287,5 +286,6 @@ def __getattr__(name: str):
     # vLLM resolves the extension by qualified name (EXTENSION) inside its worker process; building
     # the class lazily keeps `import medrl.cpu.patches` free of verl/vLLM imports elsewhere.
     if name == "CPUWorkerExtension":
+        check_versions("verl", "vllm")
         return _extension_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
