@@ -60,6 +60,11 @@ ARMS = ("grpo", "shuffled", "sft")
 DATA_SETS = ("one", "vindr")
 
 
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(min, median, max)."""
+    return min(values), statistics.median(values), max(values)
+
+
 def reward_arms(names: str | None) -> dict[str, Path]:
     """{arm name: spec file} for `--reward-arms` (comma-separated); `iou` is the shipped spec, arm grpo."""
     arms: dict[str, Path] = {}
@@ -293,7 +298,7 @@ def table(results: dict[int, dict], arms: list[str], out: Path) -> str:
         vals = [v for v in vals if not math.isnan(v)]
         if not vals:
             return "-"
-        lo, med, hi = learning.spread(vals)
+        lo, med, hi = spread(vals)
         f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
         return f"{f.format(lo)}/{f.format(med)}/{f.format(hi)}"
 

@@ -33,7 +33,8 @@ def test_another_version_fails_naming_the_installed_and_the_expected_one(monkeyp
     monkeypatch.setattr(importlib.metadata, "version", version)
     expected = patches.WRITTEN_FOR[dist]
     installed = re.escape(found or "(not installed)")
-    with pytest.raises(patches.VersionMismatch, match=rf"{dist} {expected}'s internals, but {dist} {installed} is installed"):
+    message = rf"{dist} {expected}'s internals, but {dist} {installed} is installed"
+    with pytest.raises(patches.VersionMismatch, match=message):
         patches.check_versions("verl", "vllm")
     with pytest.raises(patches.VersionMismatch):  # before it changes anything
         if dist == "verl":

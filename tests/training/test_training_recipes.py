@@ -170,10 +170,10 @@ def test_unknown_recipe_suggests_names():
 
 
 def test_hydra_value_formatting():
-    assert C._fmt(["console", "file"]) == "[console,file]"
-    assert C._fmt(True) == "True" and C._fmt(None) == "null" and C._fmt(1e-6) == "1e-06"
-    assert C._fmt(".*visual.*") == "'.*visual.*'"
-    assert C._fmt("a b") == "'a b'"
+    assert C.hydra_value(["console", "file"]) == "[console,file]"
+    assert C.hydra_value(True) == "True" and C.hydra_value(None) == "null" and C.hydra_value(1e-6) == "1e-06"
+    assert C.hydra_value(".*visual.*") == "'.*visual.*'"
+    assert C.hydra_value("a b") == "'a b'"
 
 
 def _medrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -123,11 +123,6 @@ def box_area_ratio(eval_dir: str | Path) -> float:
     return median_area_ratio(jsonl.read(Path(eval_dir) / "scores.jsonl"))
 
 
-def spread(values: Sequence[float]) -> tuple[float, float, float]:
-    """(min, median, max)."""
-    return min(values), statistics.median(values), max(values)
-
-
 COLOURS = ("tab:blue", "tab:gray", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
            "tab:olive", "tab:cyan")
 METRIC_LABELS = {"miou": "validation mIoU (greedy)", "acc50": "validation acc@0.5 (greedy)"}
