@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 import re
 import threading
@@ -31,8 +30,6 @@ import ray
 import torch
 
 from medrl.cpu import patches
-
-logger = logging.getLogger(__name__)
 
 SERVER_PREFIX = "medrl_hf_server_"
 # How long the server waits for concurrent requests to join a batch (seconds). verl's agent
