@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def _rows(n: int):
-    from medrl.export.rows import EvalRow
+    from medrl.evaluation.rows import EvalRow
 
     rnd = random.Random(0)
     rows, answers = [], {}
@@ -36,7 +36,7 @@ def _rows(n: int):
 
 
 def bench_scoring(n: int, repeats: int) -> None:
-    from medrl.export.evaluate import EvalOptions, score_rows, summarise
+    from medrl.evaluation.evaluate import EvalOptions, score_rows, summarise
 
     rows, answers = _rows(n)
     times = []
@@ -52,8 +52,8 @@ def bench_scoring(n: int, repeats: int) -> None:
 def bench_generation(repeats: int) -> None:
     from PIL import Image
 
-    from medrl.export.generate import HFGenerator
-    from medrl.export.rows import EvalRow
+    from medrl.evaluation.generate import HFGenerator
+    from medrl.evaluation.rows import EvalRow
     from medrl.training.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:

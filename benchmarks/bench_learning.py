@@ -10,7 +10,7 @@ For each seed: a tiny Qwen2.5-VL (that seed's init), an SFT warm-up on a generat
             trainer ignores trainer.seed, so from a shared --start this arm repeats one run)
 
 GRPO arms stop when their training time (verl's step time: start-up and validation excluded)
-reaches the budget (`medrl.training.budget_trainer`). GRPO curves come from verl's own greedy
+reaches the budget (`medrl.bench.budget_trainer`). GRPO curves come from verl's own greedy
 validation; the SFT arm's checkpoints, and every arm's final model, are generated greedily and
 scored by `medrl eval` with the same reward. Prints validation mIoU, acc@0.5 and reward per arm
 (min / median / max over seeds) and writes learning_curves.png and results.json into --out.
@@ -47,17 +47,22 @@ import time
 from pathlib import Path
 
 from medrl.training import learning
-from medrl.training.budget_trainer import BUDGET_ENV, MODULE, TRAINER_MODE
+from medrl.bench.budget_trainer import BUDGET_ENV, MODULE, TRAINER_MODE
 from medrl.training.env import metrics_env, run_env, trainer_mode_overrides
 from medrl.training.pipeline import latest_checkpoint, merge
 from medrl.training.recipes import REPO_ROOT, apply_overrides, load_recipe, resolve_paths
 from medrl.training.verl_command import build_command
 
-SHUFFLED_REWARD = REPO_ROOT / "src" / "medrl" / "training" / "shuffled_reward.py"
+SHUFFLED_REWARD = REPO_ROOT / "src" / "medrl" / "bench" / "shuffled_reward.py"
 SPEC = REPO_ROOT / "recipes" / "rewards" / "grounding.yaml"
 CANDIDATES = REPO_ROOT / "recipes" / "rewards" / "candidates"
 ARMS = ("grpo", "shuffled", "sft")
 DATA_SETS = ("one", "vindr")
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(min, median, max)."""
+    return min(values), statistics.median(values), max(values)
 
 
 def reward_arms(names: str | None) -> dict[str, Path]:
@@ -293,7 +298,7 @@ def table(results: dict[int, dict], arms: list[str], out: Path) -> str:
         vals = [v for v in vals if not math.isnan(v)]
         if not vals:
             return "-"
-        lo, med, hi = learning.spread(vals)
+        lo, med, hi = spread(vals)
         f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
         return f"{f.format(lo)}/{f.format(med)}/{f.format(hi)}"
 

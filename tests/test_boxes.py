@@ -166,7 +166,7 @@ def test_small_exact_matching_equals_hungarian(pred, true):
 
 def test_one_convention_check_for_every_reader():
     """iou, enhanced and change raise the same clear error on an unknown convention; `medrl eval` offers the list."""
-    from medrl.export.commands import register
+    from medrl.evaluation.commands import register
     from medrl.rewards import change, enhanced, iou
 
     assert B.check_convention("abs_resized") == "abs_resized"

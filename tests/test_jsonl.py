@@ -24,7 +24,7 @@ def test_a_bad_line_names_the_file_and_line_unless_skipped(tmp_path):
 
 def test_callers_use_it(tmp_path):
     """Reward score input, the generation log and verl's metrics file: one reading, each caller's own error."""
-    from medrl.export.generate import GenerationLog
+    from medrl.evaluation.generate import GenerationLog
     from medrl.rewards.rollout_files import read_rows
     from medrl.training.learning import read_metrics
 

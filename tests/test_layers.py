@@ -1,6 +1,6 @@
 """The package's layers, read from its imports: no circles, and nothing imports a layer above its own.
 
-    boxes / atomic / jsonl / plain / flags / no_finding / change_action / vllm_env / processes  <-  rewards  <-  data / export  <-  training  <-  slurm / cli
+    boxes / atomic / jsonl / plain / flags / no_finding / change_action / cpu / processes  <-  rewards  <-  data / evaluation / export  <-  training  <-  slurm / cli / bench
 
 Every import counts, also those inside functions: a lazy import is still a dependency.
 """
@@ -17,13 +17,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Module (or package) -> layer. The longest matching name decides; a module with none fails the test.
 LAYERS = {
     "medrl": 0, "medrl.atomic": 0, "medrl.boxes": 0, "medrl.no_finding": 0, "medrl.change_action": 0,
-    "medrl.vllm_env": 0, "medrl.jsonl": 0, "medrl.plain": 0, "medrl.flags": 0, "medrl.processes": 0,
+    "medrl.cpu": 0, "medrl.jsonl": 0, "medrl.plain": 0, "medrl.flags": 0, "medrl.processes": 0,
     "medrl.rewards": 1,
-    "medrl.data": 2, "medrl.export": 2,
+    "medrl.data": 2, "medrl.evaluation": 2, "medrl.export": 2,
     "medrl.training": 3,
-    "medrl.slurm": 4, "medrl.cli": 4,
+    "medrl.slurm": 4, "medrl.cli": 4, "medrl.bench": 4,
 }
-LAYER_NAMES = ["boxes/atomic", "rewards", "data/export", "training", "slurm/cli"]
+LAYER_NAMES = ["boxes/atomic/cpu", "rewards", "data/evaluation/export", "training", "slurm/cli/bench"]
 
 
 def module_name(path: Path, src: Path) -> str:
@@ -151,8 +151,8 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
         (pkg / rel).write_text(text)
     g = import_graph(tmp_path)
     assert g["medrl.data.a"] == {"medrl.data.b"} and "medrl.training.recipes" in g["medrl.data.b"]
-    assert upward_imports(g) == ["medrl.boxes (boxes/atomic) imports medrl.rewards.iou (rewards)",
-                                 "medrl.data.b (data/export) imports medrl.training.recipes (training)"]
+    assert upward_imports(g) == ["medrl.boxes (boxes/atomic/cpu) imports medrl.rewards.iou (rewards)",
+                                 "medrl.data.b (data/evaluation/export) imports medrl.training.recipes (training)"]
     assert cycles(g) == [["medrl.boxes", "medrl.rewards.iou"], ["medrl.data.a", "medrl.data.b"]]
     assert layer_of("medrl.newthing") is None and layer_of("medrl.data.a") == 2
 
@@ -160,5 +160,5 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
 def test_the_cli_is_in_the_graph(graph):
     """cli.py imports its command modules (not by name string), so the checks above cover the CLI too."""
     assert {"medrl.data.commands", "medrl.rewards.commands", "medrl.training.commands", "medrl.slurm",
-            "medrl.export.commands"} <= graph["medrl.cli"]
+            "medrl.export.commands", "medrl.evaluation.commands"} <= graph["medrl.cli"]
     assert not any(dep == "medrl.cli" for deps in graph.values() for dep in deps)  # nothing imports it back

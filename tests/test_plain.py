@@ -20,7 +20,7 @@ def test_arrays_hydra_and_tuples_become_lists_and_dicts():
 def test_readers_use_it():
     """A numpy ground truth reads as boxes; a Hydra spec loads; a parquet row's arrays become lists."""
     from medrl.boxes import read_truth_boxes
-    from medrl.export.rows import row_from_record
+    from medrl.evaluation.rows import row_from_record
     from medrl.rewards import compose
 
     assert read_truth_boxes(np.array([np.array([0.1, 0.2, 0.5, 0.6])], dtype=object)) == [(0.1, 0.2, 0.5, 0.6)]

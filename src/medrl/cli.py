@@ -8,6 +8,7 @@ import sys
 from medrl import slurm
 from medrl.flags import Parser
 from medrl.data import commands as data_commands
+from medrl.evaluation import commands as evaluation_commands
 from medrl.export import commands as export_commands
 from medrl.rewards import commands as reward_commands
 from medrl.training import commands as training_commands
@@ -20,7 +21,8 @@ COMMAND_MODULES = [
     reward_commands,    # reward score / explain / new / check
     training_commands,  # tiny-model, train, rehearse, wiring, pipeline, demo
     slurm,              # slurm
-    export_commands,    # merge, eval
+    export_commands,    # merge
+    evaluation_commands,  # eval
 ]
 
 

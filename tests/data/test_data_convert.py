@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from medrl import jsonl
 from medrl.data.convert import ConvertOptions, StrictFailure, convert, val_score
 from medrl.data.images import ImageOptions
 from medrl.data.records import RecordOptions
-from medrl.data.rejects import read_rejects
 
 
 def _png(path: Path, size=(64, 48)):
@@ -71,7 +71,7 @@ def test_each_bad_record_is_counted_once_and_every_good_one_written(bad_corpus, 
     table = pq.read_table(out / "train.parquet")
     assert sorted(r["id"] for r in table.column("extra_info").to_pylist()) == sorted(f"g{i}" for i in range(10))
     assert [r["index"] for r in table.column("extra_info").to_pylist()] == list(range(10))
-    rej = read_rejects(out / "rejects.jsonl")
+    rej = jsonl.read(out / "rejects.jsonl")
     assert {r["reason"] for r in rej} == set(EXPECTED)
     by_reason = {r["reason"]: r for r in rej}
     assert by_reason["invalid JSON"]["offset"] == bad_corpus.stat().st_size
@@ -242,4 +242,4 @@ def test_reject_log_is_published_on_success_and_on_kept_exceptions(tmp_path, rai
         assert type(exc) is raised  # the exception still propagates
     assert [f.name for f in tmp_path.iterdir()] == (["rejects.jsonl"] if published else [])  # no temp file left
     if published:
-        assert [r["id"] for r in read_rejects(path)] == ["r3"]
+        assert [r["id"] for r in jsonl.read(path)] == ["r3"]

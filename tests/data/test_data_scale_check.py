@@ -13,7 +13,7 @@ from PIL import Image
 from medrl.data import check as C
 from medrl.data import check_fast
 from medrl.data.length import count_prompt_tokens, load_processor
-from medrl.data.writer import write_rows, rl_schema
+from medrl.data.writer import RowGroupWriter, rl_schema
 
 
 def _png(size=(90, 70)) -> bytes:
@@ -52,7 +52,9 @@ def ref_rows(tmp_path) -> list[dict]:
 
 
 def _write(rows: list[dict], path: Path, mode: str = "ref") -> Path:
-    write_rows(path, rows, rl_schema(mode), row_group_size=5)  # several row groups: units of work
+    with RowGroupWriter(path, rl_schema(mode), row_group_size=5) as w:  # several row groups: units of work
+        for row in rows:
+            w.write(row)
     return path
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from medrl import jsonl
 from medrl.data import rejects
 from medrl.data.convert import ConvertOptions, convert
 from medrl.data.images import ImageOptions
 from medrl.data.length import LengthOptions
 from medrl.data.records import RecordOptions
-from medrl.data.rejects import read_rejects
 
 def _rec(rid, image="img/ok.png", question="<image>\nLocate the nodule.",
          answer="There is a nodule located at the coordinates [0.1, 0.2, 0.3, 0.4].", **kw):
@@ -41,7 +41,7 @@ def _run(root: Path, name: str, records, task="grounding", mode="embed", length=
     out = root / f"out-{name}"
     s = convert(ConvertOptions(inputs=[str(src)], output_dir=str(out), progress=False, length=length or LengthOptions(),
                                record=RecordOptions(task=task, vqa_max_words=3, images=ImageOptions(mode=mode))))
-    assert sum(s["rejects_by_reason"].values()) == len(read_rejects(out / "rejects.jsonl"))
+    assert sum(s["rejects_by_reason"].values()) == len(jsonl.read(out / "rejects.jsonl"))
     return s["rejects_by_reason"]
 
 

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from formats_util import check_clean, load_with_verl, n_images, run_cli
-from medrl.data.rejects import RejectError, read_rejects
+from medrl import jsonl
+from medrl.data.rejects import RejectError
 from medrl.data.unimedvl import BAD_IMAGE_ENTRY, NO_TASK_TYPE, UNSUPPORTED_OUTPUT_IMAGE, read_unimedvl, to_llava
 from medrl.data.unimedvl_sample import write_sample
 
@@ -80,7 +81,7 @@ def test_sample_converts_with_counted_rejects(converted):
     assert summary["records_read"] == 12
     assert summary["records_converted"] == 8
     assert summary["rejects_by_reason"] == {UNSUPPORTED_OUTPUT_IMAGE: 2, "no image": 2}
-    rejects = read_rejects(converted / "all/rejects.jsonl")
+    rejects = jsonl.read(converted / "all/rejects.jsonl")
     assert sorted(r["id"] for r in rejects if r["reason"] == UNSUPPORTED_OUTPUT_IMAGE) == ["uni-003", "uni-009"]
     rows = pq.read_table(converted / "all/train.parquet").to_pylist()
     assert {r["extra_info"]["dataset"] for r in rows} == {"image_understanding", "vqa"}

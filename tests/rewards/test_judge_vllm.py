@@ -30,7 +30,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def judge_server(tiny_model_dir, tmp_path_factory):
     from medrl.slurm import SlurmJob, judge_command
-    from medrl.vllm_env import apply_engine_env
+    from medrl.cpu.vllm_env import apply_engine_env
 
     port = _free_port()
     job = SlurmJob(recipe="grpo_enhanced", judge_node=True, judge_model=str(tiny_model_dir), judge_port=port,

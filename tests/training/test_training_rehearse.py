@@ -18,7 +18,7 @@ import pytest
 
 from medrl.training import recipes as R
 from medrl.training import verl_command as C
-from medrl.training.rehearse import RehearsalError, _default, preflight, rehearsal
+from medrl.training.rehearse import RehearsalError, preflight, rehearsal, verl_default
 
 GPU_RECIPES = sorted(p.stem for p in (R.REPO_ROOT / "recipes").glob("*.yaml")
                      if R.load_recipe(p.stem).device == "gpu")
@@ -56,7 +56,7 @@ def test_a_rehearsal_changes_only_what_it_lists(name, tmp_path, monkeypatch):
         c = _args(C.build_command(cpu_r, c_stage, tmp_path / c_stage.name, model_path="/m"))
         for key in sorted(set(g) | set(c)):
             # A key the GPU command leaves out has verl's default value.
-            old = g[key] if key in g else C._fmt(_default(g_stage.trainer, key))
+            old = g[key] if key in g else C.hydra_value(verl_default(g_stage.trainer, key))
             if key.startswith(RUN_PATHS) or old == c.get(key):
                 continue
             bare = key.lstrip("+")

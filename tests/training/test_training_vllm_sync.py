@@ -80,7 +80,7 @@ def main():
     from PIL import Image
     from transformers import AutoModelForImageTextToText
     from vllm import LLM
-    from medrl.training.vllm_cpu import EXTENSION
+    from medrl.cpu.patches import EXTENSION
 
     model_a, model_b = sys.argv[1], sys.argv[2]
     image = Image.open(sys.argv[3]).convert("RGB")
@@ -121,7 +121,7 @@ def sync_result(tmp_path_factory, tiny_model_dir, repo_root):
     image = sorted((repo_root / "examples" / "sample" / "images").glob("*.png"))[0]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VERL_RAY_JOB_ID": f"medrl-test-{os.getpid()}",
            "VERL_REPLICA_RANK": "0", "VERL_PLATFORM": "cpu",
-           "VERL_USE_EXTERNAL_MODULES": "medrl.training.cpu_backend"}
+           "VERL_USE_EXTERNAL_MODULES": "medrl.cpu.backend"}
     rc, out = run_limited([sys.executable, str(script), str(tiny_model_dir), str(model_b), str(image)],
                           tmp / "probe.log", 900, env)
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]

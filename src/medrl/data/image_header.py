@@ -208,14 +208,6 @@ def probe_file(path: str) -> Probe:
         os.close(fd)
 
 
-def pil_size(source: str | bytes) -> tuple[int, int]:
-    """Size by PIL's lazy open (header only) for formats parse_header does not know."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-        return im.size
-
-
 @dataclass(frozen=True)
 class Checked:
     """An image's size and, when it would not load, why."""

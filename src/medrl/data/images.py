@@ -22,7 +22,6 @@ from medrl.data import rejects
 from medrl.data.image_header import LRU, HeaderError, probe_file
 from medrl.data.rejects import RejectError
 
-IMAGE_MODES = ("embed", "ref")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 

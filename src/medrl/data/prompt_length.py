@@ -142,7 +142,6 @@ class PromptCounter:
         self.qvu = vision_process
         self.image_token = getattr(processor, "image_token", None)
         self.images = ih.ImageChecks(cache_size)
-        self.text_cache = ih.LRU(cache_size)
         self.tokens_cache = ih.LRU(cache_size)
         self.stats = {"rows": 0, "text_cache_hits": 0}
 

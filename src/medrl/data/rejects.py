@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from medrl import jsonl
 from medrl.atomic import atomic_path
 
 # Stable reason keys (the summary counts by these). Box reasons come from
@@ -92,8 +91,3 @@ class RejectLog:
             if exc_type is not None and issubclass(exc_type, self.keep_on):
                 exc_type = exc = tb = None  # publish; the exception still propagates
             self._ctx.__exit__(exc_type, exc, tb)
-
-
-def read_rejects(path: str | Path) -> list[dict]:
-    """Load a rejects JSONL file (for tests and reports)."""
-    return jsonl.read(path)

@@ -128,11 +128,3 @@ class RowGroupWriter:
             # atomic_path renames on success and deletes the temp file on error.
             self._stack.__exit__(exc_type, exc, tb)
         return False
-
-
-def write_rows(path: str | Path, rows: list[dict], schema: pa.Schema, row_group_size: int = 1000) -> int:
-    """Write a list of rows in one go (small outputs and tests)."""
-    with RowGroupWriter(path, schema, row_group_size) as w:
-        for row in rows:
-            w.write(row)
-    return w.rows_written

@@ -271,7 +271,7 @@ def generate_sample(processor_dir: Path, model, sample: Any = None, max_new_toke
     from PIL import Image
     from transformers import AutoProcessor
 
-    from medrl.export.rows import EvalRow, load_image
+    from medrl.evaluation.rows import EvalRow, load_image
 
     processor = AutoProcessor.from_pretrained(processor_dir)
     if isinstance(sample, EvalRow):

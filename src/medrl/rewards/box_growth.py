@@ -11,7 +11,7 @@ measure still get a finite value:
 - no matched box (no box drawn, boxes that miss, a no-finding truth, a truth that does not read):
   `area_ratio` 1.0, the neutral value. A mean over rows then lies between 1 and the mean over matched
   rows, so it can understate growth but never shows growth that is not there. The exact median over
-  matched boxes is what `medrl eval` and the run summary report (`medrl.export.metrics`).
+  matched boxes is what `medrl eval` and the run summary report (`medrl.evaluation.metrics`).
 - no-finding truth: `hit50` is 1.0 for a correct no-finding answer (no box, states no finding) and
   0.0 otherwise, the rule of acc@0.5 in `medrl eval`; a truth that does not read: 0.0.
 

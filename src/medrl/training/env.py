@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from medrl.vllm_env import apply_engine_env
+from medrl.cpu.vllm_env import apply_engine_env
 
-BACKEND_MODULE = "medrl.training.cpu_backend"
+BACKEND_MODULE = "medrl.cpu.backend"
 
 
 def run_env(device: str = "cpu", base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -29,9 +29,9 @@ def run_env(device: str = "cpu", base: Mapping[str, str] | None = None) -> dict[
     env.setdefault("HYDRA_FULL_ERROR", "1")
     if device == "cpu":
         env["VERL_PLATFORM"] = "cpu"
-        # The rollout sizes its KV cache with an engine argument (medrl.training.vllm_cpu).
+        # The rollout sizes its KV cache with an engine argument (medrl.cpu.device_keys).
         apply_engine_env(env, kv_cache_gib=None)
-        # vLLM's CPU platform turns the uni-process executor (medrl.training.vllm_cpu) into a
+        # vLLM's CPU platform turns the uni-process executor (medrl.cpu.device_keys) into a
         # separate worker process while V1 multiprocessing is on; off, the model runs in the engine
         # core: one process (~1 GB) less per rollout replica, measured the same seconds per step.
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

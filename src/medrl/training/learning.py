@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medrl import jsonl
-from medrl.export.metrics import median_area_ratio
-from medrl.export.plots import pyplot, save_figure
+from medrl.evaluation.metrics import median_area_ratio
+from medrl.evaluation.plots import pyplot, save_figure
 
 VALIDATION_DIR = "validation"  # trainer.validation_data_dir, inside the stage folder
 ACC_IOU = 0.5
@@ -62,7 +62,7 @@ def point(step: int, train_s: float, ious: Sequence[float | None], scores: Seque
 
 def eval_figures(output: str, truth: Any) -> tuple[float | None, float]:
     """(IoU or None when the truth has no box, acc@0.5) of one answer by `medrl eval`'s rules, whatever reward trained it."""
-    from medrl.export.metrics import grounding_metrics
+    from medrl.evaluation.metrics import grounding_metrics
     from medrl.rewards.iou import score_details
 
     _, parse = score_details(None, output or "", truth)
@@ -108,7 +108,7 @@ def grpo_curve(stage_dir: str | Path, rescore: bool = False) -> list[ValPoint]:
 def evaluate(model_dir: str | Path, val_parquet: str | Path, out_dir: str | Path, reward: Any,
              step: int = 0, train_s: float = 0.0, max_new_tokens: int = 64) -> ValPoint:
     """Greedy answers of an HF folder on the validation parquet, scored by `medrl eval`."""
-    from medrl.export.eval_pipeline import RunConfig, run_eval
+    from medrl.evaluation.eval_pipeline import RunConfig, run_eval
 
     cfg = RunConfig(data=str(val_parquet), out=str(out_dir), reward=reward, batch_size=32,
                     max_new_tokens=max_new_tokens, backend="transformers", progress=False, n_overlays=0)
@@ -119,13 +119,8 @@ def evaluate(model_dir: str | Path, val_parquet: str | Path, out_dir: str | Path
 
 
 def box_area_ratio(eval_dir: str | Path) -> float:
-    """Median box/true area over a `medrl eval` run's rows with matched boxes (`medrl.export.metrics.median_area_ratio`)."""
+    """Median box/true area over a `medrl eval` run's rows with matched boxes (`medrl.evaluation.metrics.median_area_ratio`)."""
     return median_area_ratio(jsonl.read(Path(eval_dir) / "scores.jsonl"))
-
-
-def spread(values: Sequence[float]) -> tuple[float, float, float]:
-    """(min, median, max)."""
-    return min(values), statistics.median(values), max(values)
 
 
 COLOURS = ("tab:blue", "tab:gray", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",

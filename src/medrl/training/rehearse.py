@@ -5,7 +5,7 @@ What changes, and nothing else:
   (one node; one CPU rank and one vLLM replica, or `ranks` of each for real FSDP sharding);
 - sizes: batches, micro-batches, response length, rollout n, tensor parallel size, steps
   (every stage runs `STEPS` steps, saves a checkpoint and validates on a few rows);
-- keys that exist only on a device (`medrl.training.device_keys`: flash-attn, CUDA graphs...);
+- keys that exist only on a device (`medrl.cpu.device_keys`: flash-attn, CUDA graphs...);
 - data files the recipe names but this machine does not have: the bundled sample, prepared
   for the task the reward spec routes (grounding or report).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medrl.rewards.tasks import task_in
-from medrl.training.device_keys import CPU_KEYS
+from medrl.cpu.device_keys import CPU_KEYS
 from medrl.training.recipes import REPO_ROOT, Recipe, RecipeError, recipe_from_raw, resolve_paths
 from medrl.training.verl_keys import verl_config
 
@@ -81,7 +81,7 @@ SFT_SIZES: dict[str, tuple[Any, str]] = {
 }
 
 
-def _default(trainer: str, key: str) -> Any:
+def verl_default(trainer: str, key: str) -> Any:
     """verl's own default for a key (None when verl leaves it unset)."""
     from omegaconf import OmegaConf
 
@@ -142,10 +142,11 @@ def rehearsal(recipe: Recipe, run_dir: Path, ranks: int = RANKS) -> tuple[Recipe
         trainer = st["trainer"]
         own = dict(st.get("overrides") or {})
         sizes = dict(SFT_SIZES if trainer == "sft" else PPO_SIZES)
-        if trainer == "ppo" and own.get("algorithm.adv_estimator", _default("ppo", "algorithm.adv_estimator")) == "gae":
+        if trainer == "ppo" and own.get("algorithm.adv_estimator",
+                                        verl_default("ppo", "algorithm.adv_estimator")) == "gae":
             sizes.update(CRITIC_SIZES)
         for key, (new, why) in sizes.items():
-            old = own.get(key, _default(trainer, key))
+            old = own.get(key, verl_default(trainer, key))
             value = new(old) if callable(new) else new
             change(name, key, old, value, why)
             own[key] = value
@@ -154,7 +155,7 @@ def rehearsal(recipe: Recipe, run_dir: Path, ranks: int = RANKS) -> tuple[Recipe
             key = "actor_rollout_ref.rollout.tensor_model_parallel_size"
             own.pop(key, None)
         for key, setting in CPU_KEYS[trainer].items():
-            old = own.pop(key, own.pop(key.lstrip("+"), _default(trainer, key)))
+            old = own.pop(key, own.pop(key.lstrip("+"), verl_default(trainer, key)))
             change(name, key.lstrip("+"), old, setting.value, setting.why)
         # Offloading to host memory on a host pins memory, which needs an accelerator.
         for key in [k for k in own if k.endswith(("param_offload", "optimizer_offload"))]:
@@ -196,8 +197,9 @@ def preflight(recipe: Recipe, model_dir: str, echo: Callable[[str], None] = prin
     spec = recipe.reward_spec
     failures = []
     for st in (s for s in recipe.stages if s.trainer == "ppo"):
-        limit = st.overrides.get("data.max_prompt_length", _default("ppo", "data.max_prompt_length"))
-        drops = bool(st.overrides.get("data.filter_overlong_prompts", _default("ppo", "data.filter_overlong_prompts")))
+        limit = st.overrides.get("data.max_prompt_length", verl_default("ppo", "data.max_prompt_length"))
+        drops = bool(st.overrides.get("data.filter_overlong_prompts",
+                                      verl_default("ppo", "data.filter_overlong_prompts")))
         for split in ("train", "val"):
             path = recipe.data.get(split)
             if not path or (split == "val" and path == recipe.data.get("train")):

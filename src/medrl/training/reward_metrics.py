@@ -12,7 +12,7 @@ TransferQueue) to the rollout dump (`trainer.rollout_data_dir`). So the box-grow
 number (a composed spec's NaN, "this row's route does not use that reward", is left out), and for
 each `.../area_ratio` key `reward_extra/<key>/median_matched`, the median over rows with a matched
 box (its sibling `n_matched` > 0), the figure the neutral 1.0 of unmatched rows cannot dilute.
-medrl's trainers (`medrl.training.budget_trainer`) mix it in; `trainer.v1.trainer_mode=medrl_sync`
+medrl's trainers (`medrl.bench.budget_trainer`) mix it in; `trainer.v1.trainer_mode=medrl_sync`
 (`trainer_mode_overrides(TRAINER_MODE, MODULE)`) is verl's sync trainer with it and nothing else.
 """
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from medrl import jsonl
 from medrl.atomic import atomic_open
-from medrl.export.metrics import area_ratio_note
-from medrl.export.plots import pyplot, save_figure
+from medrl.evaluation.metrics import area_ratio_note
+from medrl.evaluation.plots import pyplot, save_figure
 from medrl.training import learning
 from medrl.training.recipes import resolve_path, reward_spec
 
@@ -48,8 +48,8 @@ def sample_answer(model_dir: Path, val_parquet: Path, max_new_tokens: int = 160)
     """Load the final HF folder with transformers and answer the first validation prompt (greedy)."""
     # The evaluation path's own row reader and generator: same images, chat template and
     # mm_token_type_ids as `medrl eval`, so the summary shows what an evaluation would see.
-    from medrl.export.generate import HFGenerator
-    from medrl.export.rows import read_rows
+    from medrl.evaluation.generate import HFGenerator
+    from medrl.evaluation.rows import read_rows
 
     row = read_rows(val_parquet, limit=1)[0]
     answer = HFGenerator(str(model_dir), dtype="fp32").generate([row], max_new_tokens)[0]
@@ -92,7 +92,7 @@ def _response_length(manifest: dict[str, Any], rl: str, default: int = 64) -> in
 
 def learning_section(run_dir: Path, manifest: dict[str, Any], rl: str, sft: str | None) -> list[str]:
     """Validation mIoU before SFT, after SFT and across RL, a plain verdict, and the before/after image."""
-    from medrl.export.rows import original_image, read_rows
+    from medrl.evaluation.rows import original_image, read_rows
 
     val = manifest.get("data", {}).get("val", {}).get("path")
     curve = learning.grpo_curve(run_dir / rl)

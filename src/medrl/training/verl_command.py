@@ -1,7 +1,7 @@
 """The exact verl command line of one recipe stage, checked against verl's own config.
 
 Keys come in order: what the recipe implies (data, model, resources, reward, run folder), the
-CPU keys of `medrl.training.device_keys` for `device: cpu`, then the stage's own overrides,
+CPU keys of `medrl.cpu.device_keys` for `device: cpu`, then the stage's own overrides,
 which win. Every key is looked up in verl's composed Hydra config before anything launches.
 """
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medrl.training.device_keys import cpu_values
+from medrl.cpu.device_keys import cpu_values
 from medrl.training.env import is_runtime_env_key, metrics_env, ray_env_vars, runtime_env_key
 from medrl.training.recipes import Recipe, RecipeError, Stage
 from medrl.training.verl_keys import check_overrides
@@ -27,7 +27,7 @@ def _quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _fmt(value: Any) -> str:
+def hydra_value(value: Any) -> str:
     """Format a value for Hydra's override grammar."""
     if isinstance(value, Text):
         return _quote(value)
@@ -38,9 +38,9 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_fmt(v) for v in value) + "]"
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_fmt(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
     if any(c in text for c in " ,[]{}()'\"=:\\$*") and not text.startswith(("/", "./")):
         return _quote(text)
@@ -132,7 +132,7 @@ def build_command(recipe: Recipe, stage: Stage, out_dir: Path, **kwargs: Any) ->
     """The exact verl command line for one stage (checked against verl's config)."""
     keys = stage_overrides(recipe, stage, out_dir, **kwargs)
     check_overrides(stage.trainer, list(keys))
-    args = [f"{k}={_fmt(v)}" for k, v in keys.items()]
+    args = [f"{k}={hydra_value(v)}" for k, v in keys.items()]
     if stage.trainer == "ppo":
         return [sys.executable, "-m", "verl.trainer.main_ppo", *args]
     ranks = recipe.resources["gpus_per_node"]

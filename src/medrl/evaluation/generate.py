@@ -18,8 +18,8 @@ from typing import Any, Iterable, Sequence
 
 from medrl import jsonl
 from medrl.atomic import write_json
-from medrl.export.rows import EvalRow, load_image
-from medrl.vllm_env import apply_engine_env
+from medrl.evaluation.rows import EvalRow, load_image
+from medrl.cpu.vllm_env import apply_engine_env
 
 META_KEYS = ("model", "data", "data_bytes", "max_new_tokens", "temperature", "backend")
 

@@ -16,7 +16,7 @@ import verl  # noqa: E402,F401  (a broken install fails here, never skips)
 def server(tiny_model_dir):
     from verl.workers.config import HFModelConfig, RolloutConfig
 
-    from medrl.training.hf_rollout import HFRolloutServer
+    from medrl.cpu.hf_rollout import HFRolloutServer
 
     config = RolloutConfig(name="hf", response_length=12, prompt_length=256, tensor_model_parallel_size=1)
     return HFRolloutServer(config, HFModelConfig(path=str(tiny_model_dir)))

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from medrl.export.rows import RowError, read_rows
-from medrl.export.eval_pipeline import RunConfig, run_eval
+from medrl.evaluation.rows import RowError, read_rows
+from medrl.evaluation.eval_pipeline import RunConfig, run_eval
 
 BOX1 = [0.2, 0.2, 0.5, 0.7]
 BOX2 = [0.55, 0.1, 0.9, 0.4]
@@ -249,7 +249,7 @@ def test_cli_with_the_tiny_model(tmp_path, tiny_model_dir):
     report = json.loads((out / "report.json").read_text())
     assert report["results"][tiny_model_dir.name]["overall"]["score"]["n"] == 5
     # Batched generation equals one-by-one generation (left padding and mm_token_type_ids handled).
-    from medrl.export.generate import HFGenerator
+    from medrl.evaluation.generate import HFGenerator
 
     rows = read_rows(data, limit=3)
     g = HFGenerator(str(tiny_model_dir))

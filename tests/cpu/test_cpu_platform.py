@@ -9,7 +9,6 @@ import textwrap
 
 import pytest
 
-from medrl.training.cpu_platform import dedupe_backend
 from medrl.training.env import BACKEND_MODULE, run_env
 
 
@@ -25,16 +24,10 @@ def test_run_env_selects_the_cpu_backend_without_touching_the_callers_environmen
     assert run_env("cpu", env)["VERL_USE_EXTERNAL_MODULES"].count(BACKEND_MODULE) == 1
 
 
-def test_dedupe_backend():
-    assert dedupe_backend("cpu:gloo,cpu:gloo") == "cpu:gloo"
-    assert dedupe_backend("cpu:gloo,cuda:nccl") == "cpu:gloo,cuda:nccl"
-    assert dedupe_backend("gloo") == "gloo" and dedupe_backend(None) is None
-
-
 PROBE = textwrap.dedent(
     """
     import json, os, torch, torch.distributed as dist
-    import verl  # imports medrl.training.cpu_backend through VERL_USE_EXTERNAL_MODULES
+    import verl  # imports medrl.cpu.backend through VERL_USE_EXTERNAL_MODULES
     from verl.utils.device import get_device_name, get_nccl_backend, get_resource_name, get_torch_device
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.rollout.base import get_rollout_class

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medrl.atomic import atomic_open
-from medrl.export import metrics
-from medrl.export.rows import EvalRow
+from medrl.evaluation import metrics
+from medrl.evaluation.rows import EvalRow
 
 TASK_METRICS = {
     "grounding": ("iou", "region_iou", "acc@0.5", "ap@0.5", "area_ratio"),

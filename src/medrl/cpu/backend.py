@@ -7,7 +7,7 @@ each Ray worker and in each torchrun child, because they all inherit the environ
 
 from __future__ import annotations
 
-from medrl.training import cpu_platform, hf_rollout
+from medrl.cpu import hf_rollout, verl_platform
 
-cpu_platform.register()
+verl_platform.register()
 hf_rollout.register()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 import re
 import threading
@@ -30,7 +29,7 @@ from typing import Any, Generator, Optional
 import ray
 import torch
 
-logger = logging.getLogger(__name__)
+from medrl.cpu import patches
 
 SERVER_PREFIX = "medrl_hf_server_"
 # How long the server waits for concurrent requests to join a batch (seconds). verl's agent
@@ -353,10 +352,8 @@ def __getattr__(name: str) -> type:
 
 def register() -> None:
     """Register the replica ("hf") and its worker-side adapter in verl's rollout registries."""
-    from verl.workers.rollout import base as rollout_base
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
     replica = _classes()["HFReplica"]
     RolloutReplicaRegistry.register("hf", lambda: replica)
-    # verl's adapter registry is a plain mapping from (name, mode) to an import path.
-    rollout_base._ROLLOUT_REGISTRY[("hf", "async")] = f"{__name__}.HFServerAdapter"
+    patches.register_rollout_adapter("hf", f"{__name__}.HFServerAdapter")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from medrl.atomic import atomic_open, write_json
-from medrl.export.metrics import area_ratio_note
+from medrl.evaluation.metrics import area_ratio_note
 
 HEADLINE = ("score", "iou", "region_iou", "acc@0.5", "mAP@0.5", "bleu1", "bleu4", "rouge_l", "acc")
 

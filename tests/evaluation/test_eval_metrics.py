@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from medrl.export import metrics
+from medrl.evaluation import metrics
 
 A = (0.1, 0.1, 0.4, 0.4)
 B = (0.6, 0.6, 0.9, 0.9)
@@ -102,8 +102,8 @@ def test_summary_stats():
 @pytest.mark.parametrize("spec", ["recipes/rewards/candidates/giou.yaml", "recipes/rewards/candidates/iou_size.yaml",
                                   "recipes/rewards/candidates/f1iou.yaml"])
 def test_eval_reads_boxes_from_each_grounding_candidate(spec, repo_root, monkeypatch):
-    from medrl.export.evaluate import EvalOptions, score_rows
-    from medrl.export.rows import EvalRow
+    from medrl.evaluation.evaluate import EvalOptions, score_rows
+    from medrl.evaluation.rows import EvalRow
 
     monkeypatch.chdir(repo_root)
     row = EvalRow("k", 0, "medrl/grounding", [], [], "[[0, 0, 0.25, 0.25]]")

