@@ -31,6 +31,7 @@ BUILTIN_REWARDS = {
     "f1iou": "medrl.rewards.f1iou",
     "size": "medrl.rewards.size",
     "bleu": "medrl.rewards.bleu",
+    "findings": "medrl.rewards.findings",
     "format": "medrl.rewards.format",
     "vqa": "medrl.rewards.vqa",
     "enhanced": "medrl.rewards.enhanced",
