@@ -140,3 +140,33 @@ def test_named_in_specs_and_keeps_the_contract(repo_root, monkeypatch):
         report = run_check(target)
         assert report.ok, report.summary()
         assert all(u.calls >= 90 for u in report.units)
+
+
+def test_explain_shows_each_observation_on_both_sides(capsys):
+    from medrl.cli import main
+
+    assert main(["reward", "explain", "--reward", "findings", "--data-source", "medrl/report",
+                 "--solution", "<answer>Possible left pleural effusion. No pneumothorax.</answer>",
+                 "--ground-truth", REF_EFFUSION]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "pleural_effusion uncertain present 0.5" in out
+    assert "pneumothorax absent absent 1" in out and "cardiomegaly - absent 0" in out
+    assert main(["reward", "explain", "--reward", "findings", "--data-source", "medrl/report",
+                 "--solution", "No acute cardiopulmonary process.", "--ground-truth", REF_NORMAL]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "pneumothorax - absent (covered) 1" in out and "no_finding present present 1" in out
+
+
+def test_reward_score_reads_a_rollout_file(tmp_path, capsys):
+    import json
+
+    from medrl.cli import main
+
+    src = tmp_path / "rollouts.jsonl"
+    src.write_text("".join(json.dumps({"data_source": "medrl/report", "solution": a, "ground_truth": r}) + "\n"
+                           for a, r, _, _ in CASES[:4]))
+    out = tmp_path / "scores.jsonl"
+    assert main(["reward", "score", "--reward", "findings", "--input", str(src), "--out", str(out),
+                 "--histogram", str(tmp_path / "h.png")]) == 0
+    scores = [json.loads(line)["findings/f1"] for line in out.read_text().splitlines()]
+    assert scores == pytest.approx([c[2] for c in CASES[:4]])

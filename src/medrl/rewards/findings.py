@@ -241,12 +241,28 @@ def corpus_f1(rows: list[dict[str, tuple[float, int, int]]]) -> tuple[float, flo
     return micro, (sum(f1s) / len(f1s) if f1s else 0.0)
 
 
+def report_findings(answer: str, reference: str) -> dict:
+    """What an evaluation record keeps of a report row: each side's statuses and the row's findings F1."""
+    pred, ref = read_report(answer), read_report(reference)
+    p, r, agree = compare(pred, ref)
+    return {"answer": dict(pred), "reference": dict(ref), "f1": _f1(p, r, agree)}
+
+
+def corpus_f1_of(records: list[dict]) -> tuple[float, float]:
+    """(micro, macro) findings F1 over `report_findings` records (see `corpus_f1`)."""
+    return corpus_f1([pair_counts(tuple(sorted(rec["answer"].items())), tuple(sorted(rec["reference"].items())))
+                      for rec in records])
+
+
+def _f1(p: dict, r: dict, agree: dict) -> float:
+    return 2 * sum(agree[o] for o in p if o in r) / (len(p) + len(r)) if r else 0.0
+
+
 def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
                   **kwargs: Any) -> dict:
     """Findings F1 in [0, 1] of the answer section against the reference report (see the module rule)."""
     answer, _ = answer_section(solution_str)
     p, r, agree = compare(read_report(answer), read_report(reference_text(ground_truth)[:MAX_REPLY_CHARS]))
-    tp = sum(agree[o] for o in p if o in r)
-    f1 = 2 * tp / (len(p) + len(r)) if r else 0.0
+    tp, f1 = sum(agree[o] for o in p if o in r), _f1(p, r, agree)
     return {"score": f1, "f1": f1, "precision": tp / len(p) if p else 0.0, "recall": tp / len(r) if r else 0.0,
             "n_pred": float(len(p)), "n_ref": float(len(r)), **agree}
