@@ -2,6 +2,7 @@
 
     python benchmarks/bench_findings.py [--n 10000] [--repeats 5]
     /tmp/nlpvenv/bin/python benchmarks/bench_findings.py --engine negspacy [--n 2000]
+    /tmp/nlpvenv2/bin/python benchmarks/bench_findings.py --engine medspacy [--n 2000]
 
 The reports are GRPO-like: a reference of 3-6 sentences in the phrasings of real reports
 (findings present, negated, uncertain, paraphrased, "no acute cardiopulmonary process"),
@@ -10,9 +11,11 @@ The reports are GRPO-like: a reference of 3-6 sentences in the phrasings of real
 cached, as in training, where a group of 8 shares it); `--engine negspacy` times negspacy's
 NegEx (spaCy's blank English, a sentencizer, an entity ruler with the same observation
 phrases, `negex` with the clinical termset) on each answer, one `nlp(text)` per report and
-`nlp.pipe` over all, which is what the reward would need at least. negspacy is not a medrl
-dependency: install it in a throwaway venv (`python3 -m venv /tmp/nlpvenv && /tmp/nlpvenv/bin/pip
-install negspacy`); this script imports nothing from medrl for that engine.
+`nlp.pipe` over all, which is what the reward would need at least; `--engine medspacy` times
+medspacy's own pipeline (PyRuSH sentences, target matcher, ConText, which also reads uncertainty)
+with `nlp.pipe`. Neither is a medrl dependency: install each in a throwaway venv (`python3 -m venv
+/tmp/nlpvenv && /tmp/nlpvenv/bin/pip install negspacy`; medspacy 1.3.1 and negspacy 1.1.0 cannot
+share one); this script imports nothing from medrl for those engines.
 Target (issue 20): >= 2,000 reports/s on one core, judged on CPU seconds of this process
 (what one dedicated core does); the median of `--repeats` passes.
 """
@@ -94,6 +97,11 @@ def medrl_engine(rows, repeats: int) -> list[tuple[str, float, float]]:
     return [("medrl findings compute_score", *_median_rate(run, rows, repeats))]
 
 
+NEGSPACY_TERMS = ["pleural effusion", "effusion", "cardiomegaly", "cardiac silhouette", "heart size", "consolidation",
+                  "pneumothorax", "edema", "atelectasis", "endotracheal tube", "line", "nodule", "opacity",
+                  "pneumonia", "mediastinum", "cardiomediastinal silhouette", "support devices"]
+
+
 def negspacy_nlp():
     """spaCy blank English + sentencizer + entity ruler (the observation phrases) + negspacy's NegEx."""
     import spacy
@@ -103,10 +111,7 @@ def negspacy_nlp():
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")
     ruler = nlp.add_pipe("entity_ruler")
-    terms = ["pleural effusion", "effusion", "cardiomegaly", "cardiac silhouette", "heart size", "consolidation",
-             "pneumothorax", "edema", "atelectasis", "endotracheal tube", "line", "nodule", "opacity", "pneumonia",
-             "mediastinum", "cardiomediastinal silhouette", "support devices"]
-    ruler.add_patterns([{"label": "OBS", "pattern": [{"LOWER": w} for w in t.split()]} for t in terms])
+    ruler.add_patterns([{"label": "OBS", "pattern": [{"LOWER": w} for w in t.split()]} for t in NEGSPACY_TERMS])
     nlp.add_pipe("negex", config={"neg_termset": termset("en_clinical").get_patterns()})
     return nlp
 
@@ -133,18 +138,42 @@ def negspacy_engine(rows, repeats: int) -> list[tuple[str, float, float]]:
             ("negspacy NegEx nlp.pipe", *_median_rate(piped, texts, repeats))]
 
 
+def medspacy_engine(rows, repeats: int) -> list[tuple[str, float, float]]:
+    """Time medspacy's pipeline (its tokenizer, PyRuSH sentences, target matcher, ConText) on each answer."""
+    import re
+
+    import medspacy
+    from loguru import logger
+    from medspacy.target_matcher import TargetRule
+
+    logger.remove()  # PyRuSH logs every sentence at DEBUG through loguru; timing that would be unfair
+
+    nlp = medspacy.load()
+    nlp.get_pipe("medspacy_target_matcher").add([TargetRule(t, "OBS") for t in NEGSPACY_TERMS])
+    texts = [re.sub(r"</?(?:think|answer)>", " ", sol) for _, sol, _, _ in rows]
+    doc = nlp("No pleural effusion. Possible consolidation. Small right pneumothorax.")
+    print("medspacy reads:", [(e.text, e._.is_negated, e._.is_uncertain) for e in doc.ents])
+
+    def piped(items):
+        for _ in nlp.pipe(items, batch_size=256):
+            pass
+
+    return [("medspacy ConText nlp.pipe", *_median_rate(piped, texts, repeats))]
+
+
 def main() -> None:
     """Print reports/s of the chosen engine, median of several passes, pinned to one core."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--engine", choices=("medrl", "negspacy"), default="medrl")
+    ap.add_argument("--engine", choices=("medrl", "negspacy", "medspacy"), default="medrl")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as the target says
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),)
     rows = report_rollouts(args.n)
-    results = (medrl_engine if args.engine == "medrl" else negspacy_engine)(rows, args.repeats)
+    engines = {"medrl": medrl_engine, "negspacy": negspacy_engine, "medspacy": medspacy_engine}
+    results = engines[args.engine](rows, args.repeats)
     print(f"\n{len(rows)} report rollouts, one core, median of {args.repeats} passes; "
           f"load average before the run: {load[0]:.2f} (a busy machine lowers every figure)")
     print(f"{'engine':<32}{'CPU reports/s':>15}{'wall reports/s':>16}{'target':>9}{'meets':>7}")
