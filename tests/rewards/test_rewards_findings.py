@@ -170,3 +170,17 @@ def test_reward_score_reads_a_rollout_file(tmp_path, capsys):
                  "--histogram", str(tmp_path / "h.png")]) == 0
     scores = [json.loads(line)["findings/f1"] for line in out.read_text().splitlines()]
     assert scores == pytest.approx([c[2] for c in CASES[:4]])
+
+
+def test_the_bundled_sample_reports_exercise_the_reward(repo_root):
+    import json
+
+    records = json.loads((repo_root / "examples/sample/sample.json").read_text())
+    reports = [r["conversations"][1]["value"] for r in records if r["dataset"] == "mimic-cxr"]
+    read = [dict(findings.read_report(t)) for t in reports]
+    assert len(reports) == 12 and all(len(r) >= 4 for r in read)  # every report names four observations or more
+    statuses = {s for r in read for s in r.values()}
+    assert statuses == {"present", "absent", "uncertain"}
+    assert sum("no_finding" in r for r in read) == 4  # the normal studies, in three phrasings
+    assert any("-sided" in t for t in reports) and any("cardiac silhouette" in t for t in reports)
+    assert any("No acute cardiopulmonary process." in t for t in reports)
