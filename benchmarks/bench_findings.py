@@ -8,7 +8,7 @@ The reports are GRPO-like: a reference of 3-6 sentences in the phrasings of real
 (findings present, negated, uncertain, paraphrased, "no acute cardiopulmonary process"),
 8 sampled answers per reference that keep, drop, negate or swap sentences. `--engine medrl`
 (default) times `medrl.rewards.findings.compute_score` per rollout (the reference parse is
-cached, as in training, where a group of 8 shares it); `--engine negspacy` times negspacy's
+cached, as in training, where a group of 8 shares it; answers are not); `--engine negspacy` times negspacy's
 NegEx (spaCy's blank English, a sentencizer, an entity ruler with the same observation
 phrases, `negex` with the clinical termset) on each answer, one `nlp(text)` per report and
 `nlp.pipe` over all, which is what the reward would need at least; `--engine medspacy` times
@@ -89,7 +89,7 @@ def medrl_engine(rows, repeats: int) -> list[tuple[str, float, float]]:
     from medrl.rewards import findings
 
     def run(items):
-        findings.read_report.cache_clear()  # each pass parses every answer and each group's reference once
+        findings._read_reference.cache_clear()  # each pass reads every answer and each group's reference once
         for r in items:
             findings.compute_score(*r)
 

@@ -39,7 +39,7 @@ verl needs the same numeric keys on every row; they are.
 Libraries measured for the negation step (benchmarks/bench_findings.py, same reports, one core,
 CPU time; docs/rewards.md "The findings reward"): negspacy 1.1.0's NegEx 2,042-2,309 reports/s for
 negation alone (no uncertainty, no "no finding"), medspacy 1.3.1's ConText 151 reports/s; this
-module, the whole reward, 8,014. A reward on negspacy would sit at or under the 2,000 reports/s
+module, the whole reward, 7,057 in the same run (7,306-7,653 on a quieter machine). A reward on negspacy would sit at or under the 2,000 reports/s
 target with spaCy in every reward worker, so the rules are written here, after NegEx's cue lists
 and the CheXpert labeller. RadGraph and CheXbert F1 are optional learned rewards
 (`medrl.rewards.learned`).
@@ -193,7 +193,6 @@ def _statuses(text: str) -> list[tuple[str, str]]:
     return out
 
 
-@lru_cache(maxsize=8192)
 def read_report(text: str) -> tuple[tuple[str, str], ...]:
     """The (observation, status) pairs a report states, no finding derived, sorted by observation."""
     if not isinstance(text, str) or not text.strip():
@@ -244,6 +243,11 @@ def corpus_f1(rows: list[dict[str, tuple[float, int, int]]]) -> tuple[float, flo
     return micro, (sum(f1s) / len(f1s) if f1s else 0.0)
 
 
+# A GRPO group of answers shares its reference: read each reference once. Answers are not cached
+# (rarely repeated, and up to 20,000 characters each).
+_read_reference = lru_cache(maxsize=4096)(read_report)
+
+
 def report_findings(answer: str, reference: str) -> dict:
     """What an evaluation record keeps of a report row: each side's statuses and the row's findings F1."""
     pred, ref = read_report(answer), read_report(reference)
@@ -265,7 +269,7 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
                   **kwargs: Any) -> dict:
     """Findings F1 in [0, 1] of the answer section against the reference report (see the module rule)."""
     answer, _ = answer_section(solution_str)
-    p, r, agree = compare(read_report(answer), read_report(reference_text(ground_truth)[:MAX_REPLY_CHARS]))
+    p, r, agree = compare(read_report(answer), _read_reference(reference_text(ground_truth)[:MAX_REPLY_CHARS]))
     tp, f1 = sum(agree[o] for o in p if o in r), _f1(p, r, agree)
     return {"score": f1, "f1": f1, "precision": tp / len(p) if p else 0.0, "recall": tp / len(r) if r else 0.0,
             "n_pred": float(len(p)), "n_ref": float(len(r)), **agree}
