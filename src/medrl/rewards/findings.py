@@ -37,12 +37,13 @@ its agreement on this row: 1 same status (both silent counts), 0.5 present vs un
 verl needs the same numeric keys on every row; they are.
 
 Libraries measured for the negation step (benchmarks/bench_findings.py, same reports, one core,
-CPU time; docs/rewards.md "The findings reward"): negspacy 1.1.0's NegEx 2,042-2,309 reports/s for
-negation alone (no uncertainty, no "no finding"), medspacy 1.3.1's ConText 151 reports/s; this
-module, the whole reward, 7,057 in the same run (7,306-7,653 on a quieter machine). A reward on negspacy would sit at or under the 2,000 reports/s
-target with spaCy in every reward worker, so the rules are written here, after NegEx's cue lists
-and the CheXpert labeller. RadGraph and CheXbert F1 are optional learned rewards
-(`medrl.rewards.learned`).
+CPU time; docs/rewards.md "The findings reward"): negspacy 1.1.0's NegEx 2,042-2,309 reports/s
+for negation alone (no uncertainty, no "no finding"), medspacy 1.3.1's ConText 151 reports/s;
+this module, the whole reward, 7,057 in the same run (7,306-7,653 on a quieter machine). A
+reward on negspacy would sit at or under the 2,000 reports/s target with spaCy in every reward
+worker, so the rules are written here, after NegEx's cue lists and the CheXpert labeller.
+Answers are read up to their last full sentence in the first 16,000 characters. RadGraph and
+CheXbert F1 are optional learned rewards (`medrl.rewards.learned`).
 """
 
 from __future__ import annotations
@@ -222,7 +223,10 @@ def compare(pred: tuple[tuple[str, str], ...], ref: tuple[tuple[str, str], ...])
     return p_kept, r_kept, {o: _agreement(p_kept.get(o), r_kept.get(o)) for o in OBSERVATIONS}
 
 
-def pair_counts(pred: tuple[tuple[str, str], ...], ref: tuple[tuple[str, str], ...]) -> dict[str, tuple[float, int, int]]:
+Pairs = tuple[tuple[str, str], ...]
+
+
+def pair_counts(pred: Pairs, ref: Pairs) -> dict[str, tuple[float, int, int]]:
     """Per observation (agreements, pairs in the answer, pairs in the reference), for F1 over rows or a corpus."""
     p, r, _ = compare(pred, ref)
     return {o: (_agreement(p[o], r[o]) if o in p and o in r else 0.0, int(o in p), int(o in r)) for o in OBSERVATIONS}

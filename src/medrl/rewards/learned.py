@@ -43,7 +43,7 @@ _SCORERS: dict[str, Any] = {}
 
 
 def load(metric: LearnedMetric) -> Any:
-    """The metric's scorer, built once per process; LearnedMetricError naming the package and weights if it cannot be."""
+    """The metric's scorer, built once per process; a LearnedMetricError naming package and weights if not."""
     if metric.name in _SCORERS:
         return _SCORERS[metric.name]
     install = f"pip install 'medrl[learned]' (or pip install {metric.package})"
