@@ -56,3 +56,17 @@ def test_eval_reports_findings_f1_micro_and_macro(tmp_path):
     assert overall["findings_f1_macro"] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)
     md = (tmp_path / "out" / "report.md").read_text()
     assert f"| findings_f1_micro | {8 / 11:.3f} |" in md and "| findings_f1_macro |" in md and "| bleu4 |" in md
+
+
+def test_the_eval_command_prints_findings_f1_beside_bleu(tmp_path, monkeypatch, capsys):
+    from medrl.cli import main
+    from medrl.export import eval_pipeline
+
+    stats = {"n": 3, "mean": 0.5}
+    overall = {"score": stats, "bleu4": {"n": 3, "mean": 0.25}, "rouge_l": {"n": 3, "mean": 0.4},
+               "findings_f1_micro": 8 / 11, "findings_f1_macro": 2 / 3}
+    monkeypatch.setattr(eval_pipeline, "run_eval", lambda paths, cfg: {
+        "models": [{"name": "m"}], "results": {"m": {"overall": overall}}})
+    assert main(["eval", "m", "--data", str(tmp_path / "val.parquet"), "--out", str(tmp_path / "out")]) == 0
+    assert ("m: 3 rows, reward 0.500, bleu4 0.250, rouge_l 0.400, findings_f1_micro 0.727, findings_f1_macro 0.667"
+            in capsys.readouterr().out)
