@@ -109,16 +109,42 @@ def grounding_answer(findings: list[tuple[str, Box, str]], rng: random.Random) -
     return "; ".join(parts) + "."
 
 
-def report_text(findings: list[tuple[str, Box, str]]) -> str:
-    """A short findings paragraph matching what was drawn."""
+# Ways real reports phrase the same content, so the report rows exercise the findings reward
+# (laterality, "cardiac silhouette", negation lists, uncertainty, "no acute cardiopulmonary process").
+# Each says only what was drawn: blobs in the lungs, nothing else.
+NORMAL_REPORTS = (
+    "The lungs are clear. There is no focal consolidation, pleural effusion or pneumothorax. "
+    "The cardiomediastinal silhouette is normal.",
+    "No pneumothorax. No pleural effusion. The cardiac silhouette is not enlarged. "
+    "No acute cardiopulmonary process.",
+    "Heart size is normal. The lungs are clear without focal consolidation. No acute cardiopulmonary process.",
+)
+FINDING_SENTENCES = (
+    "There is {a} {name} in the {level} zone of the {side} lung.",
+    "{Side}-sided {name} in the {level} zone.",
+    "{Side} {level} zone {name}.",
+)
+REPORT_TAILS = (
+    " No pleural effusion or pneumothorax. The heart size is normal.",
+    " No pneumothorax. No pleural effusion. The cardiac silhouette is not enlarged.",
+    " The heart size is normal. There is no pleural effusion or pneumothorax.",
+)
+
+
+def report_text(findings: list[tuple[str, Box, str]], variant: int = 0) -> str:
+    """A short findings paragraph matching what was drawn, in one of three phrasings (`variant` mod 3)."""
+    v = variant % 3
     if not findings:
-        return ("The lungs are clear. There is no focal consolidation, pleural effusion or pneumothorax. "
-                "The cardiomediastinal silhouette is normal.")
+        return NORMAL_REPORTS[v]
     parts = []
     for name, _, zone in findings:
         side, level = zone.split()
-        parts.append(f"There is {_article(name)} {name} in the {level} zone of the {side} lung.")
-    return " ".join(parts) + " No pleural effusion or pneumothorax. The heart size is normal."
+        text = FINDING_SENTENCES[v].format(a=_article(name), name=name, level=level, side=side,
+                                           Side=side.capitalize())
+        if v and name in ("lung opacity", "infiltration"):
+            text += " Possible consolidation."  # an opacity the reader hedges on
+        parts.append(text)
+    return " ".join(parts) + REPORT_TAILS[v]
 
 
 def make_records(n: int, out_dir: Path, seed: int = 0) -> list[dict]:
@@ -161,7 +187,7 @@ def make_records(n: int, out_dir: Path, seed: int = 0) -> list[dict]:
                     ("gpt", f"This finding is located at {_fmt(f[1][1])} in the image.")]
             rec["dataset"] = "vindr-cxr"
         elif kind == "report":
-            conv = [("human", prng.choice(REPORT_QUESTIONS)), ("gpt", report_text(f))]
+            conv = [("human", prng.choice(REPORT_QUESTIONS)), ("gpt", report_text(f, i))]
             if i % 3 == 0:
                 conv += [("human", "Give the impression in one sentence."),
                          ("gpt", "Focal lung lesion." if f else "No acute cardiopulmonary process.")]

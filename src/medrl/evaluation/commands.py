@@ -59,8 +59,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         o = report["results"][m["name"]]["overall"]
         extra = "".join(f", {k} {o[k]['mean']:.3f}" for k in ("iou", "region_iou", "acc@0.5", "bleu4", "rouge_l")
                         if k in o and o[k]["mean"] is not None)
-        if o.get("mAP@0.5") is not None:
-            extra += f", mAP@0.5 {o['mAP@0.5']:.3f}"
+        extra += "".join(f", {k} {o[k]:.3f}" for k in ("mAP@0.5", "findings_f1_micro", "findings_f1_macro")
+                         if o.get(k) is not None)
         print(f"{m['name']}: {o['score']['n']} rows, reward {o['score']['mean']:.3f}{extra}")
     print(f"report: {cfg.out}/report.md")
     return 0

@@ -4,8 +4,9 @@ One scoring path: every row goes through `medrl.rewards.compose` (the code verl 
 training) once, and grounding IoU / acc@0.5 / mAP@0.5 are computed from the boxes that
 this very call read (the rewards' `score_details`), so `score` and the box metrics can
 never use two readings or two box conventions. `--box-convention` reaches the rewards
-through the spec (`compose.with_reward_kwargs`). Report BLEU-1..4 / ROUGE-L are added
-from the answer section the rewards read.
+through the spec (`compose.with_reward_kwargs`). Report BLEU-1..4 / ROUGE-L and the findings
+F1 (`medrl.rewards.findings`, per row and micro/macro over rows) are added from the answer
+section the rewards read.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from medrl.evaluation.rows import EvalRow
 
 TASK_METRICS = {
     "grounding": ("iou", "region_iou", "acc@0.5", "ap@0.5", "area_ratio"),
-    "report": ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l"),
+    "report": ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "findings_f1"),
     "vqa": ("acc",),
 }
 
@@ -44,7 +45,7 @@ def task_of(row: EvalRow, reward_names: Sequence[str]) -> str:
 
 def score_rows(rows: Sequence[EvalRow], answers: dict[str, str], opts: EvalOptions) -> list[dict]:
     """One scored record per row: reward keys, task metrics, the boxes the reward read."""
-    from medrl.rewards import compose, iou
+    from medrl.rewards import compose, findings, iou
     from medrl.rewards.answer import answer_section
 
     spec = compose.load_spec(opts.reward)
@@ -81,6 +82,8 @@ def score_rows(rows: Sequence[EvalRow], answers: dict[str, str], opts: EvalOptio
                                                          opts.credit_no_finding))
         elif task == "report":
             rec["metrics"] = metrics.report_metrics(answer, rec["ground_truth"])
+            rec["findings"] = findings.report_findings(answer, rec["ground_truth"])  # statuses, for micro/macro F1
+            rec["metrics"]["findings_f1"] = rec["findings"]["f1"]
         elif task == "vqa":
             rec["metrics"] = {"acc": float(reward.get("vqa/acc", reward["score"]))}
         else:
@@ -109,6 +112,11 @@ def group_summary(records: Sequence[dict]) -> dict:
         out[k] = metrics.summary_stats([r["metrics"].get(k) for r in records])
     if "ap@0.5" in out:
         out["mAP@0.5"] = out["ap@0.5"]["mean"]
+    read = [r["findings"] for r in records if "findings" in r]
+    if read:  # corpus figures, as CheXbert F1 is reported: micro over all pairs, macro over observations
+        from medrl.rewards.findings import corpus_f1_of
+
+        out["findings_f1_micro"], out["findings_f1_macro"] = corpus_f1_of(read)
     return out
 
 

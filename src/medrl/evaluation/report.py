@@ -8,7 +8,8 @@ from typing import Any
 from medrl.atomic import atomic_open, write_json
 from medrl.evaluation.metrics import area_ratio_note
 
-HEADLINE = ("score", "iou", "region_iou", "acc@0.5", "mAP@0.5", "bleu1", "bleu4", "rouge_l", "acc")
+HEADLINE = ("score", "iou", "region_iou", "acc@0.5", "mAP@0.5", "bleu1", "bleu4", "rouge_l", "findings_f1_micro",
+            "findings_f1_macro", "acc")
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -16,9 +17,8 @@ def _f(v: Any, digits: int = 3) -> str:
 
 
 def _headline_value(summary: dict, name: str) -> float | None:
-    if name == "mAP@0.5":
-        return summary.get("mAP@0.5")
-    return (summary.get(name) or {}).get("mean")
+    value = summary.get(name)  # statistics of a per-row metric, or a corpus figure (mAP@0.5, findings F1)
+    return value.get("mean") if isinstance(value, dict) else value
 
 
 def _stats_table(groups: dict, title: str) -> list[str]:
@@ -88,6 +88,8 @@ def render_markdown(report: dict) -> str:
                 "region_iou: IoU of the union of the model's boxes with the union of the true boxes, same rows. "
                 "acc@0.5: iou >= 0.5, or a correct no-finding answer. box/true area: predicted / true area of the "
                 "one-to-one matched boxes, per row, median over rows with a matched box (1 = the true size). "
+                "findings_f1: F1 over (CheXpert observation, status) pairs of report rows (medrl.rewards.findings), "
+                "micro over all pairs, macro the mean over observations of each one's F1. "
                 "Statistics: population std."]
     for n in names:
         res = report["results"][n]

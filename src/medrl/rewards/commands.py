@@ -176,6 +176,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             c.print(f"  match: predicted #{p} <-> true #{t}  IoU {v:.4f}")
         c.print(f"  region IoU (union of predicted vs union of true boxes, iou_mode: region): "
                 f"{region_iou(parse.pred, parse.true):.4f}")
+    if "findings" in {t.name for t in route.terms}:
+        _print_findings(c, answer, args.ground_truth)
     c.print(f"[bold]route[/] {route.pattern!r}: " + " + ".join(f"{t.weight:g} x {t.name}" for t in route.terms))
     result = compose.compute_score(args.data_source, args.solution, args.ground_truth, info, spec=spec, **kwargs)
     used = {t.name for t in route.terms}
@@ -184,3 +186,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
             shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else repr(value)
             c.print(f"  {key:<24} {shown}")
     return 0
+
+
+def _print_findings(c, answer: str, ground_truth: str) -> None:
+    """Each CheXpert observation's status in the answer and the reference, and their agreement."""
+    from medrl.rewards import findings
+    from medrl.rewards.bleu import reference_text
+
+    pred, ref = findings.read_report(answer), findings.read_report(reference_text(ground_truth))
+    kept_p, kept_r, agree = findings.compare(pred, ref)
+    c.print("[bold]findings[/] (observation: answer | reference | agreement; '(covered)': absent, and the other "
+            "side states no finding)")
+    for obs in findings.OBSERVATIONS:
+        a, r = dict(pred).get(obs), dict(ref).get(obs)
+        if a is None and r is None:
+            continue
+        show = [f"{s}{' (covered)' if s and obs not in k else ''}" if s else "-" for s, k in ((a, kept_p), (r, kept_r))]
+        c.print(f"  {obs:<27} {show[0]:<20} {show[1]:<20} {agree[obs]:g}")

@@ -232,9 +232,11 @@ def _concrete(pattern: str) -> str | None:
 
 
 def _sources_of(name: str) -> tuple[str, ...]:
-    """The default routes' data sources that use reward `name` (grounding for the rest)."""
+    """The default routes' data sources that use reward `name` (else its task's, else grounding)."""
+    from medrl.rewards.tasks import REWARD_TASKS
+
     found = tuple(ds for ds, terms in compose.DEFAULT_SPEC["routes"].items() if name in terms)
-    return found or ("medrl/grounding",)
+    return found or (f"medrl/{REWARD_TASKS.get(name, 'grounding')}",)
 
 
 def units_of(target: Any, data_sources: Sequence[str] | None = None) -> list[Unit]:

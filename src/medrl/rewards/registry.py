@@ -1,5 +1,8 @@
 """The named rewards a spec can use: medrl's built-ins (imported on first use) and registered ones.
 
+A built-in module with a `load()` (the learned metrics, `medrl.rewards.learned`) has it called on
+first use, so its package and weights load, or fail naming them, when the spec that names it does.
+
 `register_reward` adds a reward for the process that calls it; a reward that must reach verl's
 reward workers (other processes) belongs in a file a spec names (`medrl.rewards.user_reward`).
 """
@@ -31,6 +34,9 @@ BUILTIN_REWARDS = {
     "f1iou": "medrl.rewards.f1iou",
     "size": "medrl.rewards.size",
     "bleu": "medrl.rewards.bleu",
+    "findings": "medrl.rewards.findings",
+    "radgraph": "medrl.rewards.radgraph_f1",  # optional, learned: medrl[learned]
+    "chexbert": "medrl.rewards.chexbert_f1",  # optional, learned: medrl[learned]
     "format": "medrl.rewards.format",
     "vqa": "medrl.rewards.vqa",
     "enhanced": "medrl.rewards.enhanced",
@@ -60,6 +66,8 @@ def get_reward(name: str) -> RewardEntry:
         if name not in BUILTIN_REWARDS:
             raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(reward_names())}")
         mod = importlib.import_module(BUILTIN_REWARDS[name])
+        if hasattr(mod, "load"):  # a learned metric: its package and weights now, when the spec loads
+            mod.load()
         register_reward(name, mod.compute_score, mod.KEYS, getattr(mod, "compute_score_batch", None),
                         getattr(mod, "compute_score_async", None), getattr(mod, "score_details", None))
     return _REGISTRY[name]

@@ -18,7 +18,8 @@ TASKS = ("grounding", "report", "vqa", "change")
 TASK_PATTERNS = (("*grounding*", "grounding"), ("*change*", "change"), ("*report*", "report"),
                  ("*caption*", "report"), ("*vqa*", "vqa"))
 REWARD_TASKS = {"iou": "grounding", "giou": "grounding", "f1iou": "grounding", "size": "grounding",
-                "enhanced": "grounding", "bleu": "report", "vqa": "vqa", "change": "change"}
+                "enhanced": "grounding", "bleu": "report", "findings": "report",
+                "radgraph": "report", "chexbert": "report", "vqa": "vqa", "change": "change"}
 
 
 def task_in(text: Any, tasks: Collection[str] = TASKS) -> str | None:
