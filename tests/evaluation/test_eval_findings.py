@@ -60,7 +60,7 @@ def test_eval_reports_findings_f1_micro_and_macro(tmp_path):
 
 def test_the_eval_command_prints_findings_f1_beside_bleu(tmp_path, monkeypatch, capsys):
     from medrl.cli import main
-    from medrl.export import eval_pipeline
+    from medrl.evaluation import eval_pipeline
 
     stats = {"n": 3, "mean": 0.5}
     overall = {"score": stats, "bleu4": {"n": 3, "mean": 0.25}, "rouge_l": {"n": 3, "mean": 0.4},
