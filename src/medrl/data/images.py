@@ -8,6 +8,7 @@ verl accepts `{"bytes": ...}` (embedded) or `{"image": "file:///abs", "min_pixel
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
 import os
@@ -58,6 +59,24 @@ def resolve_path(ref: str, image_root: str | None, base_dir: str | None) -> str:
     if not os.path.isabs(ref):
         ref = os.path.join(image_root or base_dir or ".", ref)
     return os.path.abspath(ref)
+
+
+@functools.lru_cache(maxsize=65536)
+def _resolve_under_absolute(ref: str, image_root: str | None, base_dir: str | None) -> str:
+    return resolve_path(ref, image_root, base_dir)
+
+
+def _resolve(ref: str, image_root: str | None, base_dir: str | None) -> str:
+    """`resolve_path`, remembered when the folder it resolves against is absolute (the result is then fixed)."""
+    root = image_root or base_dir
+    if root and os.path.isabs(root) and not ref.startswith("~"):
+        return _resolve_under_absolute(ref, image_root, base_dir)
+    return resolve_path(ref, image_root, base_dir)
+
+
+@functools.lru_cache(maxsize=65536)
+def _file_uri(path: str) -> str:
+    return Path(path).as_uri()
 
 
 def _decode_data_uri(ref: str) -> bytes:
@@ -183,7 +202,7 @@ def load_image(spec: Any, opts: ImageOptions, base_dir: str | None = None) -> Im
         if spec.startswith("data:"):
             data = _decode_data_uri(spec)
         else:
-            path = resolve_path(spec.strip(), opts.image_root, base_dir)
+            path = _resolve(spec.strip(), opts.image_root, base_dir)
     origin = path if path is not None else "<embedded>"
 
     if opts.mode == "ref":
@@ -195,7 +214,7 @@ def load_image(spec: Any, opts: ImageOptions, base_dir: str | None = None) -> Im
         elif not os.path.isfile(path):
             raise RejectError(rejects.IMAGE_NOT_FOUND, path)
         payload = {
-            "image": Path(path).as_uri(),
+            "image": _file_uri(path),
             "min_pixels": int(opts.min_pixels),
             "max_pixels": int(opts.max_pixels or QWEN_MAX_PIXELS),
         }
