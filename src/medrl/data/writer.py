@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medrl.atomic import atomic_path
-from medrl.data.columns import rows_table
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 EMBEDDED_IMAGE = pa.struct([("bytes", pa.binary())])
@@ -114,7 +113,7 @@ class RowGroupWriter:
         """Write the buffered rows as one row group."""
         if not self._buffer:
             return
-        table = rows_table(self._buffer, self.schema)
+        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
         self._writer.write_table(table, row_group_size=len(self._buffer))
         self.rows_written += len(self._buffer)
         self._buffer.clear()
