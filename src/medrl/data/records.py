@@ -15,6 +15,7 @@ targets are written in that same form, so SFT teaches the format that RL rewards
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -139,9 +140,11 @@ def parse_conversation(data: Any) -> list[dict]:
     for k, turn in enumerate(conv):
         if not isinstance(turn, dict):
             raise RejectError(rejects.MALFORMED_CONVERSATION, f"turn {k} is not an object")
-        who = turn.get("from", turn.get("role"))
-        text = turn.get("value", turn.get("content"))
-        role = ROLES.get(str(who).lower()) if who is not None else None
+        who = turn["from"] if "from" in turn else turn.get("role")
+        text = turn["value"] if "value" in turn else turn.get("content")
+        role = ROLES.get(who) if type(who) is str else None  # ROLES' keys are lower case: most speakers hit here
+        if role is None and who is not None:
+            role = ROLES.get(str(who).lower())
         if role is None:
             raise RejectError(rejects.MALFORMED_CONVERSATION, f"turn {k} has unknown speaker {who!r}")
         if not isinstance(text, str):
@@ -236,6 +239,9 @@ def _with_instruction(task: str, question: str, opts: RecordOptions) -> str:
     return question.rstrip() + "\n" + INSTRUCTIONS[task]
 
 
+_dirname = functools.lru_cache(maxsize=256)(os.path.dirname)  # one input file: the same folder for every record
+
+
 def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> RecordResult:
     """Convert one LLaVA record into RL rows (+ SFT rows when `opts.sft`); raises RejectError."""
     messages = parse_conversation(data)
@@ -244,7 +250,7 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
     if not specs:
         raise RejectError(rejects.NO_IMAGE, "record has no image or images field")
     messages = fit_placeholders(messages, len(specs))
-    base_dir = os.path.dirname(source)
+    base_dir = _dirname(source)
     infos: list[ImageInfo] = [load_image(s, opts.images, base_dir) for s in specs]
     rec_w, rec_h = record_size(data)
     img_w, img_h = infos[0].width, infos[0].height
