@@ -296,13 +296,13 @@ def _read_with_identity(path: str) -> tuple[bytes, tuple[int, int, int]]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RejectError(rejects.IMAGE_NOT_FOUND, f"{path}: not a regular file")
-        chunks, left = [], st.st_size
-        while True:  # the file may have grown since fstat: read to its end
-            chunk = os.read(fd, max(left, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left = 0
+        # One byte more than fstat's size: a short first read is the whole file (one read call, not two).
+        first = os.read(fd, st.st_size + 1)
+        if len(first) == st.st_size:
+            return first, (st.st_ino, st.st_size, st.st_mtime_ns)
+        chunks = [first]
+        while chunks[-1]:  # the file changed size since fstat: read to its end
+            chunks.append(os.read(fd, 1 << 16))
         return b"".join(chunks), (st.st_ino, st.st_size, st.st_mtime_ns)
     except OSError as exc:
         raise RejectError(rejects.IMAGE_NOT_FOUND, f"{path}: {exc}") from exc
