@@ -124,7 +124,7 @@ def measure(variant: str, json_path: Path, scratch: Path, workers: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scale_arguments(p)
-    p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    p.add_argument("--workers", type=int, default=1, help="medrl's --workers (its default is 1)")
     p.add_argument("--reference_sizes", type=int, nargs="*", default=None,
                    help="sizes the reference runs at (default: the smallest; it holds everything in memory)")
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)
