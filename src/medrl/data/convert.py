@@ -180,6 +180,9 @@ class _ShuffleBuffer:
         self.size, self.rng, self.items = max(1, size), random.Random(seed), []
 
     def push(self, item) -> Iterator:
+        if self.size == 1:  # no shuffle: randrange(1) is always 0, and the generator is this buffer's own
+            yield item
+            return
         self.items.append(item)
         if len(self.items) >= self.size:
             i = self.rng.randrange(len(self.items))
@@ -279,11 +282,14 @@ def convert(opts: ConvertOptions) -> dict:
                     _, rid, rows, sft_rows, rec_dropped, bad = res
                     for b in bad:
                         log.add(b)
-                    dropped.update(rec_dropped)
+                    if rec_dropped:
+                        dropped.update(rec_dropped)
                     if not rows:  # the length filter took every row: rejected (counted above), not converted
                         continue
                     counts["records_converted"] += 1
-                    split = opts.split_name or ("val" if val_score(str(rid)) < opts.val_fraction else "train")
+                    # val_score is never below 0: without a val fraction the hash is not needed.
+                    split = opts.split_name or (
+                        "val" if opts.val_fraction > 0 and val_score(str(rid)) < opts.val_fraction else "train")
                     for row in rows + sft_rows:
                         row["extra_info"]["split"] = split
                     emit(split, writers[split], [r for grp in buffers[split].push(rows) for r in grp])

@@ -263,10 +263,11 @@ class LRU(OrderedDict):
 
     def get(self, key, default=None):
         """The value for key (marked as recently used), else default."""
-        if key in self:
+        try:
             self.move_to_end(key)
-            return self[key]
-        return default
+        except KeyError:
+            return default
+        return self[key]
 
     def put(self, key, value) -> None:
         """Store a value, evicting the least recently used entry when full."""

@@ -8,6 +8,7 @@ verl accepts `{"bytes": ...}` (embedded) or `{"image": "file:///abs", "min_pixel
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
 import os
@@ -57,6 +58,24 @@ def resolve_path(ref: str, image_root: str | None, base_dir: str | None) -> str:
     if not os.path.isabs(ref):
         ref = os.path.join(image_root or base_dir or ".", ref)
     return os.path.abspath(ref)
+
+
+@functools.lru_cache(maxsize=65536)
+def _resolve_under_absolute(ref: str, image_root: str | None, base_dir: str | None) -> str:
+    return resolve_path(ref, image_root, base_dir)
+
+
+def _resolve(ref: str, image_root: str | None, base_dir: str | None) -> str:
+    """`resolve_path`, remembered when the folder it resolves against is absolute (the result is then fixed)."""
+    root = image_root or base_dir
+    if root and os.path.isabs(root) and not ref.startswith("~"):
+        return _resolve_under_absolute(ref, image_root, base_dir)
+    return resolve_path(ref, image_root, base_dir)
+
+
+@functools.lru_cache(maxsize=65536)
+def _file_uri(path: str) -> str:
+    return Path(path).as_uri()
 
 
 def _decode_data_uri(ref: str) -> bytes:
@@ -182,7 +201,7 @@ def load_image(spec: Any, opts: ImageOptions, base_dir: str | None = None) -> Im
         if spec.startswith("data:"):
             data = _decode_data_uri(spec)
         else:
-            path = resolve_path(spec.strip(), opts.image_root, base_dir)
+            path = _resolve(spec.strip(), opts.image_root, base_dir)
     origin = path if path is not None else "<embedded>"
 
     if opts.mode == "ref":
@@ -194,7 +213,7 @@ def load_image(spec: Any, opts: ImageOptions, base_dir: str | None = None) -> Im
         elif not os.path.isfile(path):
             raise RejectError(rejects.IMAGE_NOT_FOUND, path)
         payload = {
-            "image": Path(path).as_uri(),
+            "image": _file_uri(path),
             "min_pixels": int(opts.min_pixels),
             "max_pixels": int(opts.max_pixels or QWEN_MAX_PIXELS),
         }
@@ -276,13 +295,13 @@ def _read_with_identity(path: str) -> tuple[bytes, tuple[int, int, int]]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RejectError(rejects.IMAGE_NOT_FOUND, f"{path}: not a regular file")
-        chunks, left = [], st.st_size
-        while True:  # the file may have grown since fstat: read to its end
-            chunk = os.read(fd, max(left, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left = 0
+        # One byte more than fstat's size: a short first read is the whole file (one read call, not two).
+        first = os.read(fd, st.st_size + 1)
+        if len(first) == st.st_size:
+            return first, (st.st_ino, st.st_size, st.st_mtime_ns)
+        chunks = [first]
+        while chunks[-1]:  # the file changed size since fstat: read to its end
+            chunks.append(os.read(fd, 1 << 16))
         return b"".join(chunks), (st.st_ino, st.st_size, st.st_mtime_ns)
     except OSError as exc:
         raise RejectError(rejects.IMAGE_NOT_FOUND, f"{path}: {exc}") from exc

@@ -15,13 +15,14 @@ targets are written in that same form, so SFT teaches the format that RL rewards
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medrl.boxes import BoxError, box_text, find_box_candidates, format_boxes, truth_boxes_in_text
+from medrl.boxes import BoxError, box_text, find_box_candidates, truth_boxes_in_text, truth_json
 from medrl.data import rejects
 from medrl.data.images import ImageInfo, ImageOptions, load_image
 from medrl.data.readers import SourceRecord
@@ -139,9 +140,11 @@ def parse_conversation(data: Any) -> list[dict]:
     for k, turn in enumerate(conv):
         if not isinstance(turn, dict):
             raise RejectError(rejects.MALFORMED_CONVERSATION, f"turn {k} is not an object")
-        who = turn.get("from", turn.get("role"))
-        text = turn.get("value", turn.get("content"))
-        role = ROLES.get(str(who).lower()) if who is not None else None
+        who = turn["from"] if "from" in turn else turn.get("role")
+        text = turn["value"] if "value" in turn else turn.get("content")
+        role = ROLES.get(who) if type(who) is str else None  # ROLES' keys are lower case: most speakers hit here
+        if role is None and who is not None:
+            role = ROLES.get(str(who).lower())
         if role is None:
             raise RejectError(rejects.MALFORMED_CONVERSATION, f"turn {k} has unknown speaker {who!r}")
         if not isinstance(text, str):
@@ -201,12 +204,12 @@ def grounding_truth(answer: str, width: int | None, height: int | None, rewrite:
             raise RejectError(rejects.NOT_GROUNDING, answer[:200])
         return "[]", answer.strip()
     if not rewrite:
-        return format_boxes(boxes), answer
+        return truth_json(boxes), answer
     text = answer
     cands = find_box_candidates(answer, limit=10_000)
     for cand, box in sorted(zip(cands, boxes), key=lambda cb: -cb[0].start):
         text = text[: cand.start] + box_text(box) + text[cand.end:]
-    return format_boxes(boxes), text.strip()
+    return truth_json(boxes), text.strip()
 
 
 def answer_truth(task: str, answer: str, opts: RecordOptions) -> str:
@@ -236,6 +239,9 @@ def _with_instruction(task: str, question: str, opts: RecordOptions) -> str:
     return question.rstrip() + "\n" + INSTRUCTIONS[task]
 
 
+_dirname = functools.lru_cache(maxsize=256)(os.path.dirname)  # one input file: the same folder for every record
+
+
 def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> RecordResult:
     """Convert one LLaVA record into RL rows (+ SFT rows when `opts.sft`); raises RejectError."""
     messages = parse_conversation(data)
@@ -244,7 +250,7 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
     if not specs:
         raise RejectError(rejects.NO_IMAGE, "record has no image or images field")
     messages = fit_placeholders(messages, len(specs))
-    base_dir = os.path.dirname(source)
+    base_dir = _dirname(source)
     infos: list[ImageInfo] = [load_image(s, opts.images, base_dir) for s in specs]
     rec_w, rec_h = record_size(data)
     img_w, img_h = infos[0].width, infos[0].height
@@ -256,34 +262,38 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
         dropped["trailing question without answer"] += 1
         messages = messages[:-1]
     answer_idx = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    turn_of = {i: k + 1 for k, i in enumerate(answer_idx)}  # message index -> its answer's turn number
     if opts.turns == "first":
         if len(answer_idx) > 1:
             dropped["later turn dropped by --turns first"] += len(answer_idx) - 1
         messages = messages[: answer_idx[0] + 1]
         answer_idx = answer_idx[:1]
+        turn_of = {answer_idx[0]: 1}
         kept = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
         if kept != len(infos):
             raise RejectError(rejects.PLACEHOLDER_MISMATCH, f"--turns first keeps {kept} <image> of {len(infos)}")
 
     # Ground truth per answer; any bad answer rejects the whole record (reason counted).
     truths, chat = [], []
+    task, n_answers = opts.task, len(answer_idx)
     for i, m in enumerate(messages):
-        if m["role"] == "assistant":
-            turn = answer_idx.index(i) + 1
+        role = m["role"]
+        if role == "assistant":
+            turn = turn_of[i]
             try:
-                if opts.task == "grounding":
+                if task == "grounding":
                     # The rewritten text is only shown as context or as an SFT target.
-                    shown_needed = opts.sft or turn < len(answer_idx)
+                    shown_needed = opts.sft or turn < n_answers
                     truth, shown = grounding_truth(m["content"], box_w, box_h, rewrite=shown_needed)
                 else:
-                    truth = shown = answer_truth(opts.task, m["content"], opts)
+                    truth = shown = answer_truth(task, m["content"], opts)
             except RejectError as exc:
-                detail = f"turn {turn}: {exc.detail}" if len(answer_idx) > 1 else exc.detail
+                detail = f"turn {turn}: {exc.detail}" if n_answers > 1 else exc.detail
                 raise RejectError(exc.reason, detail) from None
             truths.append(truth)
-            chat.append({"role": "assistant", "content": sft_reply(shown, opts, SFT_THINK[opts.task])})
-        elif m["role"] == "user":
-            chat.append({"role": "user", "content": _with_instruction(opts.task, m["content"], opts)})
+            chat.append({"role": "assistant", "content": sft_reply(shown, opts, SFT_THINK[task])})
+        elif role == "user":
+            chat.append({"role": "user", "content": _with_instruction(task, m["content"], opts)})
         else:
             chat.append(dict(m))
 
@@ -292,14 +302,18 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
     dataset = record_dataset(data, opts.dataset_key)
     base_info = {
         "id": rid, "dataset": dataset, "width": img_w, "height": img_h, "position": position,
-        "source": os.path.basename(source), "image": infos[0].origin, "n_turns": len(answer_idx),
+        "source": os.path.basename(source), "image": infos[0].origin, "n_turns": n_answers,
     }
+    # <image> marks before each message: every image must sit in a row's prompt (a mark only
+    # in a later turn would be lost).
+    marks_before = [0]
+    for m in chat:
+        marks_before.append(marks_before[-1] + m["content"].count(IMAGE_TOKEN))
     rows = []
     for i in targets:
-        turn = answer_idx.index(i) + 1
+        turn = turn_of[i]
         prompt = chat[:i]
-        # Every image must sit in the prompt: a placeholder only in a later turn would be lost.
-        if sum(m["content"].count(IMAGE_TOKEN) for m in prompt) != len(payloads):
+        if marks_before[i] != len(payloads):
             raise RejectError(rejects.PLACEHOLDER_MISMATCH, f"turn {turn}: <image> comes after the question")
         rows.append({
             "data_source": opts.data_source or DEFAULT_DATA_SOURCE[opts.task],

@@ -105,7 +105,8 @@ class RowGroupWriter:
     def write(self, row: dict[str, Any]) -> None:
         """Buffer one row; a full buffer becomes one row group."""
         self._buffer.append(row)
-        self._buffer_bytes += sum(len(i.get("bytes") or b"") for i in row.get("images") or ())
+        for image in row.get("images") or ():
+            self._buffer_bytes += len(image.get("bytes") or b"")
         if len(self._buffer) >= self.row_group_size or self._buffer_bytes >= self.max_group_bytes:
             self.flush()
 
