@@ -9,8 +9,9 @@ demo: setup
 	.venv/bin/medrl demo --out runs/demo
 
 # Set up from scratch, then run the whole test suite (what CI runs): the fast tier on both cores,
-# then the slow tier (end-to-end verl runs, each taking the whole machine) one test at a time.
-# Measured on a quiet 2-core machine (cached setup): 34 min (fast tier 3.6 min, slow tier 30.4 min).
+# then the slow tier (end-to-end verl runs) two at a time, grouped so that runs a module shares,
+# the local Slurm cluster and the two-rank runs stay on one worker (tests/conftest.py).
+# Measured on a quiet 2-core machine (cached setup), slow tier one at a time: 34 min.
 test: setup
 	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
 	.venv/bin/python -m pytest -q -m slow -n 2 --dist loadgroup $(PYTEST_ARGS)
