@@ -9,12 +9,13 @@ demo: setup
 	.venv/bin/medrl demo --out runs/demo
 
 # Set up from scratch, then run the whole test suite (what CI runs): the fast tier on both cores,
-# then the slow tier (end-to-end verl runs) two at a time, grouped so that runs a module shares,
-# the local Slurm cluster and the two-rank runs stay on one worker (tests/conftest.py).
+# then the slow tier (end-to-end verl runs) two at a time, grouped so that the run a module shares
+# stays on one worker, and last the Slurm tests, alone (tests/conftest.py says why).
 # Measured on a quiet 2-core machine (cached setup), slow tier one at a time: 34 min.
 test: setup
 	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
-	.venv/bin/python -m pytest -q -m slow -n 2 --dist loadgroup $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -m "slow and not alone" -n 2 --dist loadgroup $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -m "slow and alone" $(PYTEST_ARGS)
 
 # The quick loop: no end-to-end verl run, no vLLM engine, no verl dataset load over many rows
 # (markers slow and verl_load), on both cores. Measured on a quiet 2-core machine: 65 s.

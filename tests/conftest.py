@@ -77,23 +77,31 @@ def pytest_configure(config):
     """The suite's own marker besides `slow` (pyproject.toml): `make test-fast` leaves these out."""
     config.addinivalue_line("markers", "verl_load: loads rows through verl's RLHFDataset with a real processor "
                                        "(10-40 s each; in `make test`'s parallel tier, not in `make test-fast`)")
+    config.addinivalue_line("markers", "alone: a slow test that needs the machine to itself (set by "
+                                       "tests/conftest.py; `make test` runs these last, one at a time)")
 
 
 # Slow modules whose tests are independent launches: spread over the xdist workers test by test.
 # Every other slow module keeps its tests on one worker (`make test` runs the slow tier with
-# `--dist loadgroup`): they share one expensive run (a module fixture), or one local Slurm cluster.
+# `--dist loadgroup`): they share one expensive run (a module fixture).
 SPREAD_SLOW_MODULES = {"test_training_rehearse.py", "test_data_scale_check.py", "test_data_scale_count.py"}
-# Modules whose runs use two ranks (about 11 GB each): one worker, so that two never overlap on 24 GB.
-TWO_RANK_MODULES = {"test_training_cpu_e2e.py", "test_slurm.py"}
+# Slow modules that need the machine to themselves (marker `alone`, run after the parallel part):
+# the local Slurm cluster's Ray heads time out while another run loads both cores (measured: a head
+# took 75 s to start and its node never registered).
+ALONE_MODULES = {"test_slurm.py"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups, and before `-m` selects
 def pytest_collection_modifyitems(config, items):
-    """Group each slow module's tests by module, except those in SPREAD_SLOW_MODULES."""
+    """Group each slow module's tests by module (except SPREAD_SLOW_MODULES); mark ALONE_MODULES `alone`."""
     for item in items:
         module = item.path.name
-        if item.get_closest_marker("slow") and module not in SPREAD_SLOW_MODULES:
-            item.add_marker(pytest.mark.xdist_group("two_ranks" if module in TWO_RANK_MODULES else module))
+        if not item.get_closest_marker("slow"):
+            continue
+        if module in ALONE_MODULES:
+            item.add_marker(pytest.mark.alone)
+        elif module not in SPREAD_SLOW_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture(autouse=True)
