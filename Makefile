@@ -9,8 +9,9 @@ demo: setup
 	.venv/bin/medrl demo --out runs/demo
 
 # Set up from scratch, then run the whole test suite (what CI runs): the fast tier on both cores,
-# then the slow tier (end-to-end verl runs) two at a time, grouped so that the run a module shares
-# stays on one worker, and last the Slurm tests, alone (tests/conftest.py says why).
+# then the slow tier: the one-rank verl runs (rehearsals, vLLM) two at a time, grouped so that the
+# run a module shares stays on one worker; last, one at a time, the two-rank runs and the Slurm
+# tests (marker `alone`; tests/conftest.py says why).
 # Measured on a quiet 2-core machine (cached setup), slow tier one at a time: 34 min.
 test: setup
 	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)

@@ -86,9 +86,12 @@ def pytest_configure(config):
 # `--dist loadgroup`): they share one expensive run (a module fixture).
 SPREAD_SLOW_MODULES = {"test_training_rehearse.py", "test_data_scale_check.py", "test_data_scale_count.py"}
 # Slow modules that need the machine to themselves (marker `alone`, run after the parallel part):
-# the local Slurm cluster's Ray heads time out while another run loads both cores (measured: a head
-# took 75 s to start and its node never registered).
-ALONE_MODULES = {"test_slurm.py"}
+# - the two-rank verl runs (e2e, wiring: about 11 GB each): two together, or one beside a
+#   rehearsal, reach Ray's memory limit on 24 GB (measured: e2e beside wiring, 22.4 of 23.5 GB,
+#   and Ray killed the wiring run's workers);
+# - the local Slurm cluster: its Ray heads time out while another run loads both cores (measured:
+#   a head took 75 s to start and its node never registered).
+ALONE_MODULES = {"test_slurm.py", "test_training_cpu_e2e.py", "test_training_wiring.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups, and before `-m` selects
