@@ -9,14 +9,13 @@ demo: setup
 	.venv/bin/medrl demo --out runs/demo
 
 # Set up from scratch, then run the whole test suite (what CI runs): the fast tier on both cores,
-# then the slow tier: the one-rank verl runs (rehearsals, vLLM) two at a time, grouped so that the
-# run a module shares stays on one worker; last, one at a time, the two-rank runs and the Slurm
-# tests (marker `alone`; tests/conftest.py says why).
-# Measured on a quiet 2-core machine (cached setup), slow tier one at a time: 34 min.
+# then the slow tier (end-to-end verl runs, each taking the whole machine) one test at a time.
+# Two at a time was measured and is slower on 2 cores: each verl run took 1.5-2.6x as long, and
+# two two-rank runs reached Ray's memory limit (24 GB).
+# Measured on a quiet 2-core machine (cached setup): 34 min (fast tier 3.6 min, slow tier 30.4 min).
 test: setup
 	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
-	.venv/bin/python -m pytest -q -m "slow and not alone" -n 2 --dist loadgroup $(PYTEST_ARGS)
-	.venv/bin/python -m pytest -q -m "slow and alone" $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 # The quick loop: no end-to-end verl run, no vLLM engine, no verl dataset load over many rows
 # (markers slow and verl_load), on both cores. Measured on a quiet 2-core machine: 65 s.

@@ -77,34 +77,6 @@ def pytest_configure(config):
     """The suite's own marker besides `slow` (pyproject.toml): `make test-fast` leaves these out."""
     config.addinivalue_line("markers", "verl_load: loads rows through verl's RLHFDataset with a real processor "
                                        "(10-40 s each; in `make test`'s parallel tier, not in `make test-fast`)")
-    config.addinivalue_line("markers", "alone: a slow test that needs the machine to itself (set by "
-                                       "tests/conftest.py; `make test` runs these last, one at a time)")
-
-
-# Slow modules whose tests are independent launches: spread over the xdist workers test by test.
-# Every other slow module keeps its tests on one worker (`make test` runs the slow tier with
-# `--dist loadgroup`): they share one expensive run (a module fixture).
-SPREAD_SLOW_MODULES = {"test_training_rehearse.py", "test_data_scale_check.py", "test_data_scale_count.py"}
-# Slow modules that need the machine to themselves (marker `alone`, run after the parallel part):
-# - the two-rank verl runs (e2e, wiring: about 11 GB each): two together, or one beside a
-#   rehearsal, reach Ray's memory limit on 24 GB (measured: e2e beside wiring, 22.4 of 23.5 GB,
-#   and Ray killed the wiring run's workers);
-# - the local Slurm cluster: its Ray heads time out while another run loads both cores (measured:
-#   a head took 75 s to start and its node never registered).
-ALONE_MODULES = {"test_slurm.py", "test_training_cpu_e2e.py", "test_training_wiring.py"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups, and before `-m` selects
-def pytest_collection_modifyitems(config, items):
-    """Group each slow module's tests by module (except SPREAD_SLOW_MODULES); mark ALONE_MODULES `alone`."""
-    for item in items:
-        module = item.path.name
-        if not item.get_closest_marker("slow"):
-            continue
-        if module in ALONE_MODULES:
-            item.add_marker(pytest.mark.alone)
-        elif module not in SPREAD_SLOW_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +88,7 @@ def no_leftover_processes(request):
     keep = {p.pid for p in psutil.Process().children(recursive=True)}
     strays = stray_processes(keep)
     new = {n for n in shm_segments() - shm_before if not n.startswith(OWN_SHM)}
-    # Not the segments of the last 2 s: the other xdist worker's run may be about to map one.
+    # Not the segments of the last 2 s: another run (an xdist worker's) may be about to map one.
     segments = remove_shm(orphaned_shm(new, older_than_s=2))
     problems = [f"process {s}" for s in strays] + [f"/dev/shm/{n} (nobody holds it)" for n in segments]
     if problems:
