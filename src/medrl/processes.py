@@ -93,7 +93,7 @@ def run_logged(cmd: list[str], env: dict[str, str], log: Path, on_line: Callable
 
 
 def describe(p: psutil.Process) -> str:
-    """`pid N: command line` for the user; a process that exited or became a zombie meanwhile says so."""
+    """`pid N (name): command line` for the user; one that exited or turned zombie meanwhile says so."""
     try:
         return f"pid {p.pid} ({p.name()}): {' '.join(p.cmdline())[:200]}"
     except psutil.Error:
