@@ -190,6 +190,9 @@ def test_summary_has_the_reward_curve(run):
     # Validation before SFT, after SFT (GRPO step 0) and across GRPO, then a plain verdict.
     assert "random init (before SFT)" in text and "grpo step 0 (= after SFT)" in text and "grpo step 2" in text
     assert "**What the curve does:** Validation mIoU went from" in text
+    # The RL stage's paired changes, and the rows drawn by the stated rule.
+    assert "| mIoU |" in text and "| acc@0.5 |" in text and "| box/true area |" in text
+    assert "Rule: rows picked by their IoU change across RL" in text and "median change" in text
 
 
 @pytest.mark.slow

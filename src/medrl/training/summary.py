@@ -10,7 +10,7 @@ from medrl import jsonl
 from medrl.atomic import atomic_open
 from medrl.evaluation.metrics import area_ratio_note
 from medrl.evaluation.plots import pyplot, save_figure
-from medrl.training import learning
+from medrl.training import learning, rl_change
 from medrl.training.recipes import resolve_path, reward_spec
 
 
@@ -58,23 +58,29 @@ def sample_answer(model_dir: Path, val_parquet: Path, max_new_tokens: int = 160)
     return {"question": question, "truth": str(row.ground_truth), "answer": answer}
 
 
-def before_after_figure(image: Any, truth: list, before: list, after: list, path: Path, title: str) -> Path:
-    """One image with the true boxes (green) and the predicted boxes before (orange) and after (red) RL."""
+def before_after_figure(panels: list[tuple[Any, list, list, list, str]], path: Path, title: str) -> Path:
+    """Images side by side, each with the true boxes (green) and the predicted boxes before (orange) and after (red) RL.
+
+    `panels`: (image, true boxes, boxes before, boxes after, caption) per image.
+    """
     plt = pyplot()
     from matplotlib.patches import Rectangle
 
-    w, h = image.size
-    fig, ax = plt.subplots(figsize=(4.2, 4.6), dpi=110)
-    ax.imshow(image, cmap="gray")
-    for boxes, color, style, label in ((truth, "lime", "-", "truth"), (before, "orange", "--", "before RL"),
-                                       (after, "red", "-", "after RL")):
-        for i, b in enumerate(boxes):
-            ax.add_patch(Rectangle((b[0] * w, b[1] * h), (b[2] - b[0]) * w, (b[3] - b[1]) * h, fill=False,
-                                   edgecolor=color, linestyle=style, linewidth=2, label=label if i == 0 else None))
-    ax.set_axis_off()
-    ax.legend(loc="lower center", fontsize=7, ncol=3, bbox_to_anchor=(0.5, -0.1))
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.9), dpi=110, squeeze=False)
+    for ax, (image, truth, before, after, caption) in zip(axes[0], panels):
+        w, h = image.size
+        ax.imshow(image, cmap="gray")
+        for boxes, color, style, label in ((truth, "lime", "-", "truth"), (before, "orange", "--", "before RL"),
+                                           (after, "red", "-", "after RL")):
+            for i, b in enumerate(boxes):
+                ax.add_patch(Rectangle((b[0] * w, b[1] * h), (b[2] - b[0]) * w, (b[3] - b[1]) * h, fill=False,
+                                       edgecolor=color, linestyle=style, linewidth=2, label=label if i == 0 else None))
+        ax.set_axis_off()
+        ax.set_title(caption, fontsize=8)
+    handles = {lab: hd for ax in axes[0] for hd, lab in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", fontsize=7, ncol=3)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     return save_figure(fig, path)
 
 
@@ -92,8 +98,6 @@ def _response_length(manifest: dict[str, Any], rl: str, default: int = 64) -> in
 
 def learning_section(run_dir: Path, manifest: dict[str, Any], rl: str, sft: str | None) -> list[str]:
     """Validation mIoU before SFT, after SFT and across RL, a plain verdict, and the before/after image."""
-    from medrl.evaluation.rows import original_image, read_rows
-
     val = manifest.get("data", {}).get("val", {}).get("path")
     curve = learning.grpo_curve(run_dir / rl)
     if not val or not curve:
@@ -130,15 +134,38 @@ def learning_section(run_dir: Path, manifest: dict[str, Any], rl: str, sft: str 
                   f"after SFT (step {first.step})", f"after {last.step} {rl} steps", mean, se, n, first.miou,
                   last.miou), ""]
     if "before RL" in evals and "after RL" in evals:
-        row = read_rows(val, limit=1)[0]
-        before, after = _scores(evals["before RL"][1])[0], _scores(evals["after RL"][1])[0]
-        fig = before_after_figure(original_image(row.images[0]), after.get("true_boxes", []),
-                                  before.get("pred_boxes", []), after.get("pred_boxes", []),
-                                  run_dir / "before_after.png", "validation row 0 (the first, not picked)")
-        lines += ["## One validation image, before and after RL", "", f"![before and after RL]({fig.name})", "",
-                  f"- truth (green): `{row.ground_truth}`",
-                  f"- before RL (orange, score {before['score']:.2f}): `{before.get('answer', '')[:200]}`",
-                  f"- after RL (red, score {after['score']:.2f}): `{after.get('answer', '')[:200]}`", ""]
+        lines += rl_section(val, _scores(evals["before RL"][1]), _scores(evals["after RL"][1]), run_dir)
+    return lines
+
+
+def rl_section(val: str, before: list[dict], after: list[dict], run_dir: Path) -> list[str]:
+    """The RL stage's paired change in mIoU, acc@0.5 and box size, and rows picked by a stated rule, drawn."""
+    from medrl.evaluation.rows import original_image, read_rows
+
+    changes = rl_change.compare(before, after)
+    lines = ["## What RL changed (medrl eval of the model before and after RL, same validation rows)", "",
+             *rl_change.table(changes), ""] + [f"- {rl_change.sentence(c)}" for c in changes] + [""]
+    picks = rl_change.pick_rows(before, after)
+    if not picks:
+        return lines
+    rows = read_rows(val)
+    by_key = {r["key"]: r for r in after}
+    before_by_key = {r["key"]: r for r in before}
+    panels, notes = [], []
+    for label, key in picks:
+        rec, old = by_key[key], before_by_key[key]
+        image = original_image(rows[int(rec["index"])].images[0])
+        if image is None:
+            continue
+        panels.append((image, rec.get("true_boxes", []), old.get("pred_boxes", []), rec.get("pred_boxes", []),
+                       f"{label}, row {rec['index']}"))
+        notes.append(f"- {label}, row {rec['index']}: truth `{rec.get('ground_truth', '')}`; before RL "
+                     f"(score {old['score']:.2f}) `{old.get('answer', '')[:120]}`; after RL (score {rec['score']:.2f}) "
+                     f"`{rec.get('answer', '')[:120]}`")
+    if panels:
+        fig = before_after_figure(panels, run_dir / "before_after.png", rl_change.PICK_RULE)
+        lines += ["## Validation images before and after RL", "", f"Rule: {rl_change.PICK_RULE}.", "",
+                  f"![before and after RL]({fig.name})", "", *notes, ""]
     return lines
 
 
