@@ -26,7 +26,7 @@ from typing import Any, Callable
 from medrl.rewards.tasks import task_in
 from medrl.cpu.device_keys import CPU_KEYS
 from medrl.training.recipes import REPO_ROOT, Recipe, RecipeError, recipe_from_raw, resolve_paths
-from medrl.training.verl_keys import verl_config
+from medrl.training.verl_keys import verl_default
 
 STEPS = 2
 RANKS = 1  # one FSDP rank and one vLLM replica: the fastest start on a small CPU
@@ -79,15 +79,6 @@ SFT_SIZES: dict[str, tuple[Any, str]] = {
     "trainer.total_training_steps": (STEPS, f"{STEPS} steps"),
     "trainer.test_freq": (STEPS, "validate at the last step"),
 }
-
-
-def verl_default(trainer: str, key: str) -> Any:
-    """verl's own default for a key (None when verl leaves it unset)."""
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(verl_config(trainer), key.lstrip("+"), default=None,
-                             throw_on_resolution_failure=False)
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def _task(recipe: Recipe) -> str:
