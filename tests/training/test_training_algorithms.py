@@ -54,6 +54,14 @@ def test_a_shipped_algorithm_recipe_is_named_and_passes_its_checks(name):
     assert [f for f in check_algorithm(stage.overrides, _default) if f.level != NOTE] == []
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (R.REPO_ROOT / "recipes").glob("*.yaml")))
+def test_no_shipped_recipe_trips_a_check(name):
+    """train, pipeline and rehearse refuse an error: every shipped RL stage must be free of them (and of warnings)."""
+    recipe = R.load_recipe(name)
+    for stage in (st for st in recipe.stages if st.trainer == "ppo"):
+        assert [f.message for f in check_algorithm(stage.overrides, _default) if f.level != NOTE] == []
+
+
 # (recipe, injected overrides, level, words the explanation must contain: the keys and their numbers)
 FAULTS = [
     ("rloo_grounding", ["actor_rollout_ref.rollout.n=1"], ERROR, ["adv_estimator=rloo", "rollout.n=1"]),
