@@ -91,6 +91,7 @@ FAULTS = [
      WARNING, ["[1-0.2, 1+0.2]", "never bind"]),
     ("grpo_grounding", ["algorithm.use_kl_in_reward=true"], WARNING, ["kl_coef=0.001", "kl_loss_coef=0.01"]),
     ("grpo_grounding", ["actor_rollout_ref.actor.clip_ratio=0.3"], ERROR, ["clip_ratio=0.3 is not used"]),
+    ("grpo_grounding", ["actor_rollout_ref.actor.kl_loss_coef=0"], WARNING, ["kl_loss_coef=0", "reference"]),
 ]
 
 

@@ -128,6 +128,10 @@ def _group_rules(value: Lookup) -> Iterable[Finding]:
                       f"{value('algorithm.kl_ctrl.kl_coef')}) and added to the loss (actor.kl_loss_coef="
                       f"{value(ACTOR + 'kl_loss_coef')}): the policy is pulled to the reference twice. verl only "
                       f"prints a NOTICE; keep one (GRPO-style recipes: the loss).")
+    if _on(value(ACTOR + "use_kl_loss")) and not float(value(ACTOR + "kl_loss_coef") or 0):
+        yield Finding(WARNING, (ACTOR + "use_kl_loss", ACTOR + "kl_loss_coef"),
+                      "use_kl_loss=True with kl_loss_coef=0: verl runs the reference model's forward pass every "
+                      "step for a term that weighs nothing. Set use_kl_loss=False, or a coefficient.")
 
 
 def _loss_rules(overrides: Mapping[str, Any], value: Lookup) -> Iterable[Finding]:
