@@ -122,7 +122,8 @@ def test_the_spread_is_measured_from_an_earlier_dapo_runs_metrics(tmp_path):
     step = {"timing_s/step": 10.0}
     rows = [{"step": 0, "val-core/x": 0.1},  # validation only: not a training step
             {**step, "training/filter_groups/evicted_samples": 384},  # 128 kept, 384 evicted
-            {**step, "training/filter_groups/evicted_samples": 96, "training/filter_groups/discarded_surplus_samples": 32}]
+            {**step, "training/filter_groups/evicted_samples": 96,
+             "training/filter_groups/discarded_surplus_samples": 32}]
     assert spread_from_metrics(rows, batch=128) == pytest.approx((128 + 160) / (512 + 256))
     assert spread_from_metrics(rows[:1], batch=128) is None
     # stage_report reads the stage folder of the same run: 3 steps that each evicted 3 groups per kept one.
@@ -163,7 +164,8 @@ def test_a_dapo_rehearsal_lists_what_a_random_model_and_short_answers_change(tmp
     by_key = {c.key: c for c in changes if c.where == "grpo"}
     assert by_key["algorithm.filter_groups.enable"].new is False
     assert "generate forever" in by_key["algorithm.filter_groups.enable"].why
-    assert (by_key["reward.reward_kwargs.max_resp_len"].old, by_key["reward.reward_kwargs.max_resp_len"].new) == (512, 48)
+    limit = by_key["reward.reward_kwargs.max_resp_len"]
+    assert (limit.old, limit.new) == (512, 48)
     assert by_key["reward.reward_kwargs.overlong_buffer_cfg.len"].new == 12  # 128/512 of 48
     _, grpo_changes = rehearsal(R.load_recipe("grpo_grounding"), tmp_path)
     assert not [c for c in grpo_changes if "filter_groups" in c.key or "reward_kwargs" in c.key]

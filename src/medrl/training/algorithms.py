@@ -27,9 +27,9 @@ OVERLONG = "reward.reward_kwargs.overlong_buffer_cfg."
 ALGORITHM_KEYS = (
     "algorithm.adv_estimator", "algorithm.norm_adv_by_std_in_grpo", "algorithm.filter_groups.",
     "algorithm.use_kl_in_reward", "algorithm.kl_ctrl.", "algorithm.kl_penalty", "algorithm.gamma",
-    ACTOR + "policy_loss.", ACTOR + "loss_agg_mode", ACTOR + "loss_scale_factor", ACTOR + "clip_ratio", ACTOR + "clip_ratio_",
-    ACTOR + "use_kl_loss", ACTOR + "kl_loss_", "actor_rollout_ref.rollout.n", "reward.reward_manager.name",
-    "reward.reward_kwargs.",
+    ACTOR + "policy_loss.", ACTOR + "loss_agg_mode", ACTOR + "loss_scale_factor", ACTOR + "clip_ratio",
+    ACTOR + "clip_ratio_", ACTOR + "use_kl_loss", ACTOR + "kl_loss_", "actor_rollout_ref.rollout.n",
+    "reward.reward_manager.name", "reward.reward_kwargs.",
 )
 # Estimators whose baseline is the other answers to the same prompt (core_algos.py: they group by `index`).
 GROUP_ESTIMATORS = frozenset({"grpo", "grpo_vectorized", "grpo_passk", "gdpo", "rloo", "rloo_vectorized",
@@ -218,8 +218,8 @@ def dapo_arithmetic(batch: int, n: int, inflight: int, spread: float | None = No
     head = (f"dynamic sampling: each step needs data.train_batch_size={batch} groups whose rollout.n={n} answers "
             f"score differently; verl 0.9.1 generates until it has them, with no cap, at most "
             f"max_inflight_gen_batches x {batch} = {inflight * batch} prompts at a time.")
-    whole = f" The train set has {train_rows} rows: below p = {batch / train_rows:.2f} a step reads more than all of it." \
-        if train_rows else ""
+    whole = (f" The train set has {train_rows} rows: below p = {batch / train_rows:.2f} a step reads more "
+             f"than all of it." if train_rows else "")
     if spread is None:
         return Finding(NOTE, keys, f"{head} With a fraction p of groups having a spread a step generates about "
                                    f"{batch}/p prompts ({batch * n}/p answers): p=0.5 -> {2 * batch} prompts, p=0.1 -> "
