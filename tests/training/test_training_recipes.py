@@ -116,6 +116,10 @@ def test_overrides_reach_the_right_place(tmp_path):
     assert a["actor_rollout_ref.model.path"] == "/my/model"
     assert a["trainer.total_training_steps"] == "2"
     assert a["+actor_rollout_ref.model.override_config.rope_theta"] == "5"
+    # reward.path/name/kwargs are the recipe's reward; any other reward.X is verl's key for the stage.
+    r = R.apply_overrides(recipe, ["reward.kwargs.spec=s.yaml", "reward.reward_manager.name=dapo"])
+    assert r.reward["kwargs"]["spec"] == "s.yaml" and "reward_manager" not in r.reward
+    assert r.stage("grpo").overrides["reward.reward_manager.name"] == "dapo"
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,9 @@ def _args(cmd: list[str]) -> dict[str, str]:
 def test_every_shipped_gpu_recipe_is_covered():
     assert {"sft_warmup", "grpo_grounding", "grpo_report", "grpo_enhanced", "ppo_critic", "grpo_lora",
             "sft_then_grpo"} <= set(GPU_RECIPES)
+    # The RL algorithms (issue 21): each rehearsed on its own (the slow test below).
+    algorithms = {"gspo_grounding", "dapo_grounding", "dr_grpo_grounding", "rloo_grounding", "reinforce_pp_grounding"}
+    assert algorithms <= set(REHEARSED)
     assert "cpu_tiny" not in GPU_RECIPES
 
 

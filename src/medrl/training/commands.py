@@ -71,8 +71,9 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 
 
 def _run_rehearse(args: argparse.Namespace) -> int:
+    from medrl.training.algorithms import refuse_errors, stage_report
     from medrl.training.pipeline import run_pipeline
-    from medrl.training.recipes import RecipeError
+    from medrl.training.recipes import RecipeError, resolve_paths
     from medrl.training.rehearse import format_changes, preflight, rehearsal
     from medrl.training.verl_command import build_command
 
@@ -81,13 +82,19 @@ def _run_rehearse(args: argparse.Namespace) -> int:
         out = Path(args.out or Path("runs") / f"rehearse-{gpu.name}").resolve()
         recipe, changes = rehearsal(gpu, out, ranks=args.ranks)
         print(f"rehearsing {gpu.name} ({gpu.path}) on this CPU; changed keys:\n{format_changes(changes)}\n")
+        # The algorithm as the GPU launch will run it: its keys, and what makes no sense, with the GPU's numbers.
+        resolved = resolve_paths(gpu, out)
+        reports = {st.name: stage_report(resolved, st) for st in resolved.stages if st.trainer == "ppo"}
+        for name, (lines, _) in reports.items():
+            print(f"stage {name} of the GPU recipe:\n" + "\n".join(lines) + "\n")
+        refuse_errors(gpu, reports)
         # Every stage's verl keys are checked before anything is built or run.
         for st in recipe.stages:
             build_command(recipe, st, out / st.name, model_path=str(out / "model"))
         if args.dry_run:
-            run_pipeline(recipe, out, dry_run=True)
+            run_pipeline(recipe, out, dry_run=True, check_algorithms=False)
             return 0
-        manifest = run_pipeline(recipe, out, preflight=preflight)
+        manifest = run_pipeline(recipe, out, preflight=preflight, check_algorithms=False)
     except RecipeError as exc:
         print(f"rehearsal failed: {exc}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ import psutil
 
 from medrl.atomic import write_json
 from medrl.processes import RUN_MARKER, clean_leftovers, run_logged
+from medrl.training.algorithms import refuse_errors, stage_report
 from medrl.training.env import metrics_env, run_env
 from medrl.training.fingerprint import (digest, file_sha256, inputs_digest, length_changed, source_digest,
                                         stage_fingerprint, what_changed)
@@ -231,9 +232,12 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
     preflight: Callable[[Recipe, str], None] | None = None,
     timeout_s: float | None = None,
+    check_algorithms: bool = True,
 ) -> dict[str, Any]:
     """Run (or, with dry_run, print) the recipe's stages in `run_dir`; returns the manifest.
 
+    Each PPO stage's algorithm keys are printed and checked first (`medrl.training.algorithms`:
+    an error stops here); `check_algorithms=False` skips that for a caller that checked already.
     `preflight(recipe, model)` runs once the model and data exist, before the first stage.
     `timeout_s` limits each launched command (default: `MEDRL_STAGE_TIMEOUT_S`, else none).
     """
@@ -252,6 +256,9 @@ def run_pipeline(
     )
     manifest.setdefault("stages", {})
     manifest.setdefault("timings_s", {})
+    reports = {st.name: stage_report(recipe, st, run_dir) for st in selected if st.trainer == "ppo"} \
+        if check_algorithms else {}
+    refuse_errors(recipe, reports)
 
     if dry_run:
         model = str(run_dir / "model") if recipe.model == "tiny" else recipe.model
@@ -259,9 +266,14 @@ def run_pipeline(
             init = run_dir / st.init_from / "merged" if st.init_from else None
             cmd = build_command(recipe, st, run_dir / st.name, model_path=str(init) if init else model)
             echo(f"# stage {st.name} ({st.trainer})")
+            for line in reports.get(st.name, ([], []))[0]:
+                echo(line)
             echo(format_command(cmd))
         return manifest
 
+    for name, (lines, _) in reports.items():
+        for line in lines:
+            echo(f"[{name}] {line.lstrip('# ')}")
     check_reward(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
     owner = _claim(run_dir, echo)

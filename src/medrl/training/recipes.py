@@ -20,9 +20,11 @@ from medrl.training.verl_keys import TRAINERS, RecipeError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # Recipe-level keys a user may override on the command line (everything else is a verl key).
-RECIPE_KEYS = ("model", "device", "reward.", "resources.", "name")
+RECIPE_KEYS = ("model", "device", "resources.", "name")
 # The recipe's own `data:` entries; any other `data.X` is verl's (e.g. data.max_prompt_length).
 RECIPE_DATA = ("train", "val", "sft_train", "sft_val", "image_key")
+# The recipe's own `reward:` entries; any other `reward.X` is verl's (e.g. reward.reward_manager.name).
+RECIPE_REWARD = ("path", "name", "kwargs")
 
 
 @dataclass
@@ -225,9 +227,9 @@ def apply_overrides(recipe: Recipe, overrides: list[str], stage: str | None = No
         if "=" not in item:
             raise RecipeError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
+        section, _, rest = key.partition(".")
         if key.startswith(RECIPE_KEYS) or key in ("model", "device", "name") or (
-            key.startswith("data.") and key.partition(".")[2] in RECIPE_DATA
-        ):
+            section == "data" and rest in RECIPE_DATA) or (section == "reward" and rest.split(".")[0] in RECIPE_REWARD):
             node = raw
             parts = key.split(".")
             for part in parts[:-1]:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from medrl.rewards.tasks import task_in
 from medrl.cpu.device_keys import CPU_KEYS
 from medrl.training.recipes import REPO_ROOT, Recipe, RecipeError, recipe_from_raw, resolve_paths
-from medrl.training.verl_keys import verl_config
+from medrl.training.verl_keys import verl_default
 
 STEPS = 2
 RANKS = 1  # one FSDP rank and one vLLM replica: the fastest start on a small CPU
@@ -79,15 +79,6 @@ SFT_SIZES: dict[str, tuple[Any, str]] = {
     "trainer.total_training_steps": (STEPS, f"{STEPS} steps"),
     "trainer.test_freq": (STEPS, "validate at the last step"),
 }
-
-
-def verl_default(trainer: str, key: str) -> Any:
-    """verl's own default for a key (None when verl leaves it unset)."""
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(verl_config(trainer), key.lstrip("+"), default=None,
-                             throw_on_resolution_failure=False)
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def _task(recipe: Recipe) -> str:
@@ -151,6 +142,9 @@ def rehearsal(recipe: Recipe, run_dir: Path, ranks: int = RANKS) -> tuple[Recipe
             change(name, key, old, value, why)
             own[key] = value
         if trainer == "ppo":
+            for key, value, why in dapo_changes(own):
+                change(name, key.lstrip("+"), own.get(key), value, why)
+                own[key] = value
             # A GPU recipe's tensor-parallel size names GPUs; on a CPU each replica is one process.
             key = "actor_rollout_ref.rollout.tensor_model_parallel_size"
             own.pop(key, None)
@@ -163,6 +157,26 @@ def rehearsal(recipe: Recipe, run_dir: Path, ranks: int = RANKS) -> tuple[Recipe
             own[key] = False
         st["overrides"] = own
     return recipe_from_raw(raw, recipe.path), changes
+
+
+def dapo_changes(own: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """(key, new value, why) for the DAPO keys of a rehearsal's PPO stage (`own`: sizes already applied)."""
+    def written(bare: str) -> str | None:  # the key as the recipe writes it, with or without `+`
+        return next((k for k in own if k.lstrip("+") == bare), None)
+
+    out = []
+    if own.get("algorithm.filter_groups.enable") is True:
+        out.append(("algorithm.filter_groups.enable", False,
+                    "a random-init model scores every answer alike: no group has a spread, and verl 0.9.1 "
+                    "would generate forever to fill a batch"))
+    limit, length = written("reward.reward_kwargs.max_resp_len"), own.get("data.max_response_length")
+    if limit and isinstance(own[limit], int) and isinstance(length, int):
+        out.append((limit, length, "the overlong penalty follows the rehearsal's response length"))
+        buffer = written("reward.reward_kwargs.overlong_buffer_cfg.len")
+        if buffer and isinstance(own[buffer], int) and own[limit] > 0:
+            out.append((buffer, max(1, own[buffer] * length // own[limit]),
+                        "the overlong buffer keeps its share of the shorter response"))
+    return out
 
 
 def format_changes(changes: list[Change]) -> str:

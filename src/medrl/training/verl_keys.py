@@ -11,6 +11,7 @@ import difflib
 import functools
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 TRAINERS = {"sft": "sft_trainer_engine", "ppo": "ppo_trainer"}
 
@@ -36,6 +37,15 @@ def verl_config(trainer: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(verl_config_dir()), version_base=None):
         return compose(config_name=TRAINERS[trainer])
+
+
+def verl_default(trainer: str, key: str) -> Any:
+    """verl's own default for a key (None when verl leaves it unset)."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(verl_config(trainer), key.lstrip("+"), default=None,
+                             throw_on_resolution_failure=False)
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def _has_key(cfg, key: str) -> bool:
