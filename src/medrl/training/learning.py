@@ -10,7 +10,6 @@ Two sources, one scoring rule (the recipe's reward: IoU of matched boxes, per ro
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +17,7 @@ from typing import Any, Sequence
 from medrl import jsonl
 from medrl.evaluation.metrics import median_area_ratio
 from medrl.evaluation.plots import pyplot, save_figure
+from medrl.training import rl_change
 
 VALIDATION_DIR = "validation"  # trainer.validation_data_dir, inside the stage folder
 ACC_IOU = 0.5
@@ -160,10 +160,8 @@ def validation_rows(stage_dir: str | Path, step: int) -> dict[str, float]:
 def paired_change(before: dict[str, float], after: dict[str, float]) -> tuple[float, float, int]:
     """(mean of after - before, its standard error, rows) over the rows both have."""
     keys = sorted(set(before) & set(after))
-    diffs = [after[k] - before[k] for k in keys]
-    if len(diffs) < 2:
-        return (diffs[0] if diffs else math.nan), math.nan, len(diffs)
-    return statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs)), len(diffs)
+    mean, se = rl_change.paired([after[k] - before[k] for k in keys])
+    return mean, se, len(keys)
 
 
 def describe_change(label_before: str, label_after: str, mean: float, se: float, n: int, first: float,
@@ -171,7 +169,7 @@ def describe_change(label_before: str, label_after: str, mean: float, se: float,
     """One plain sentence: did validation mIoU rise, fall, or stay within noise (2 standard errors)?"""
     if math.isnan(mean):
         return f"Validation mIoU {label_before} {first:.3f}, {label_after} {last:.3f} (no paired rows to compare)."
-    verdict = ("a rise" if mean > 2 * se else "a fall" if mean < -2 * se
-               else "no change beyond noise (within 2 standard errors)")
+    verdict = {"up": "a rise", "down": "a fall",
+               "noise": "no change beyond noise (within 2 standard errors)"}[rl_change.verdict(mean, se)]
     return (f"Validation mIoU went from {first:.3f} {label_before} to {last:.3f} {label_after} "
             f"({mean:+.3f}, paired standard error {se:.3f} over {n} rows): {verdict}.")
