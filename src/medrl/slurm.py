@@ -59,6 +59,7 @@ class SlurmJob:
     modules: list[str] = field(default_factory=list)
     env: list[str] = field(default_factory=list)
     pipeline: bool = False
+    rehearse: bool = False
     overrides: list[str] = field(default_factory=list)
     judge_node: bool = False
     judge_model: str | None = None
@@ -120,6 +121,10 @@ def validate(job: SlurmJob) -> None:
         raise SlurmJobError(f"--ray-auth {job.ray_auth!r}: 'token' or 'disabled'")
     if job.simulate_workers < 0:
         raise SlurmJobError("--simulate-workers cannot be negative")
+    if job.rehearse and job.pipeline:
+        raise SlurmJobError("--rehearse and --pipeline: choose one (a rehearsal runs every stage of the recipe)")
+    if job.rehearse and job.nodes != 1:
+        raise SlurmJobError(f"--rehearse with --nodes {job.nodes}: a rehearsal runs on one node (its CPU)")
     if job.judge_node and not (job.judge_model or job.judge_command):
         raise SlurmJobError("--judge-node needs --judge-model (the model vLLM serves)")
     for name in ("partition", "time", "account", "qos", "mem", "output"):
@@ -137,7 +142,10 @@ def validate(job: SlurmJob) -> None:
 
 
 def job_command(job: SlurmJob) -> list[str]:
-    """The argv run on the Ray head: `medrl train|pipeline RECIPE overrides...`."""
+    """The argv run on the Ray head: `medrl train|pipeline|rehearse RECIPE overrides...`."""
+    if job.rehearse:
+        # The rehearsal sizes the recipe for one CPU itself: no resources derived from the allocation.
+        return ["medrl", "rehearse", job.recipe, *job.overrides]
     keys = {o.lstrip("+~").split("=", 1)[0] for o in job.overrides}
     derived = []
     # The recipe's resources become verl's trainer.nnodes / n_gpus_per_node: match the allocation.
@@ -279,7 +287,7 @@ def write_example_jobs(out_dir: str | os.PathLike = "jobs") -> list[Path]:
 def register(subparsers) -> None:
     """Add `medrl slurm` to the top-level parser."""
     p = subparsers.add_parser(
-        "slurm", help="render an sbatch script: Ray cluster on N nodes, then medrl train/pipeline",
+        "slurm", help="render an sbatch script: Ray cluster on N nodes, then medrl train/pipeline/rehearse",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="recipe name or YAML path passed to `medrl train`")
     p.add_argument("overrides", nargs="*", help="key=value overrides for the recipe (after --)")
@@ -300,6 +308,9 @@ def register(subparsers) -> None:
     env.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                      help="export NAME=VALUE before Ray starts, so every Ray worker sees it (repeatable)")
     p.add_argument("--pipeline", action="store_true", help="run `medrl pipeline` instead of `medrl train`")
+    p.add_argument("--rehearse", action="store_true",
+                   help="run `medrl rehearse` (one CPU node): the recipe, your environment and the Ray "
+                        "bootstrap checked before you queue for GPUs")
     judge = p.add_argument_group("VLM judge on its own node")
     judge.add_argument("--judge-node", action="store_true", help="serve --judge-model with vLLM")
     judge.add_argument("--judge-model")

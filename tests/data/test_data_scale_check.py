@@ -124,6 +124,7 @@ def test_worker_processes_give_the_inline_report(ref_rows, tiny_model_dir, tmp_p
     kw = dict(processor=str(tiny_model_dir), max_prompt_length=60, progress=False, verify=4, seed=3)
     inline = C.check_file(path, **kw)
     monkeypatch.setattr(check_fast, "INLINE_ROWS", 0)
+    monkeypatch.setattr(check_fast, "INLINE_PROVE_ROWS", 0)
     pooled = C.check_file(path, workers=2, **kw)
     for report in (inline, pooled):
         report.pop("seconds")

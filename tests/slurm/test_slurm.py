@@ -101,6 +101,17 @@ def test_command_matches_allocation(tmp_path):
         "medrl", "pipeline", "r", "resources.nnodes=1"]
 
 
+def test_rehearse_runs_the_recipe_as_written_on_one_node(tmp_path):
+    script = render_cli(tmp_path, "grpo_report", "--rehearse", "--", "--out", "/scratch/r", name="r.sh")
+    # No resources derived from the allocation: the rehearsal sizes the recipe for one CPU itself.
+    assert header_values(script, "MEDRL_COMMAND")["MEDRL_COMMAND"] == [
+        "medrl", "rehearse", "grpo_report", "--out", "/scratch/r"]
+    with pytest.raises(SlurmJobError, match="one node"):
+        render_job("grpo_report", nodes=2, rehearse=True)
+    with pytest.raises(SlurmJobError, match="choose one"):
+        render_job("grpo_report", rehearse=True, pipeline=True)
+
+
 NASTY = "/tmp/my runs/$(touch PWNED)/`touch PWNED2`/it's \"q\"; touch PWNED3 &&\nx"
 
 
@@ -344,41 +355,36 @@ def test_cancel_runs_the_trap_and_stops_ray(local_slurm, tmp_path):
 
 
 @pytest.mark.slow
-def test_cpu_tiny_grpo_trains_through_the_slurm_bootstrap(local_slurm, tmp_path):
-    """cpu_tiny's GRPO stage (verl's Ray trainer; SFT runs under torchrun, without Ray) as a Slurm job."""
-    import yaml
+def test_a_gpu_recipe_rehearses_through_the_slurm_bootstrap(local_slurm, tmp_path):
+    """`medrl slurm grpo_report --rehearse`: verl's Ray trainer and vLLM rollout inside the job's Ray cluster.
 
-    from medrl.training.recipes import load_recipe
-
-    raw = load_recipe("cpu_tiny").raw
-    grpo = next(st for st in raw["stages"] if st["trainer"] == "ppo")
-    grpo.pop("init_from", None)  # from the tiny model: the e2e test proves the SFT -> GRPO chain
-    raw["stages"] = [grpo]
-    recipe = tmp_path / "cpu_tiny_grpo.yaml"
-    recipe.write_text(yaml.safe_dump(raw))
+    This is also grpo_report's rehearsal in the suite (tests/training/test_training_rehearse.py
+    leaves it out): one launch proves the recipe and the bootstrap.
+    """
     run_dir = tmp_path / "run"
-    stray = REPO / "medrl" / "cpu_tiny-grpo.jsonl"  # where verl's file logger writes without its env
-    before = stray.stat().st_mtime if stray.exists() else None
-    # A 1-node Ray cluster with the logical CPUs/GPUs the CPU recipe asks of its local Ray;
-    # verl must connect to it (RAY_ADDRESS) rather than start its own, and the medrl run
-    # environment must reach its Ray workers without any --env here.
-    job = Job(local_slurm, tmp_path, str(recipe), "--ray-cpus", "16", "--ray-gpus", "2",
-              "--ray-object-store", "400000000", "--ray-wait", "120", "--pipeline", "--",
-              "grpo.trainer.total_training_steps=1", "grpo.trainer.val_before_train=False",
-              "grpo.trainer.test_freq=-1", "grpo.data.max_response_length=24", "--out", str(run_dir))
+    stray = REPO / "medrl"  # where verl's file logger writes without its env (<cwd>/<project>/...)
+    before = sorted(stray.rglob("*.jsonl")) if stray.exists() else []
+    # A 1-node Ray cluster with the logical CPUs/GPUs the rehearsal asks of its local Ray; verl
+    # must connect to it (RAY_ADDRESS) rather than start its own, and the medrl run environment
+    # must reach its Ray workers without any --env here.
+    job = Job(local_slurm, tmp_path, "grpo_report", "--ray-cpus", "16", "--ray-gpus", "2",
+              "--ray-object-store", "400000000", "--ray-wait", "120", "--rehearse", "--", "--out", str(run_dir))
     state = job.wait(1200)
     log = job.text()
     assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", log[-5000:]
     assert "all 1 Ray node(s) registered" in log
     address = re.search(r"Ray head is up at (\S+)", log).group(1)
-    assert re.search(r"\[grpo\] step:1 - ", log), log[-3000:]
+    assert "rehearsal of grpo_report passed" in log and "Not checked: GPU memory" in log, log[-3000:]
     # verl's driver joined the job's Ray cluster instead of starting one of its own.
     grpo_log = (run_dir / "grpo" / "train.log").read_text()
     assert f"Connecting to existing Ray cluster at address: {address}" in grpo_log
-    # The TaskRunner (a worker of the job's cluster) wrote the metrics into the run folder.
-    steps = [json.loads(line)["step"] for line in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()]
-    assert 1 in steps
-    assert (stray.stat().st_mtime if stray.exists() else None) == before, f"{stray} was written"
+    # The TaskRunner (a worker of the job's cluster) wrote the metrics into the run folder: 2 steps.
+    steps = {json.loads(line)["step"] for line in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()}
+    assert {1, 2} <= steps
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["grpo"]["status"] == "done"
+    assert (run_dir / "grpo" / "merged" / "config.json").is_file()
+    assert (sorted(stray.rglob("*.jsonl")) if stray.exists() else []) == before, f"{stray} was written"
 
 
 @pytest.mark.slow

@@ -125,3 +125,16 @@ def test_training_step_reads_each_samples_reward_info_and_skips_padding(monkeypa
     metrics: dict = {}
     Trainer()._compute_metrics(batch, metrics, {}, 3, 0)
     assert metrics == {"critic/score/mean": 0.5, "reward_extra/hit50/mean": 1.0}
+
+
+def test_read_metrics_merges_every_attempt_in_the_order_they_ran(tmp_path):
+    """A stage restarted 11 times: metrics.10 ran after metrics.2, and the current file after both."""
+    def write(name, *recs):
+        (tmp_path / name).write_text("".join(json.dumps({"step": s, "data": d}) + "\n" for s, d in recs))
+
+    for n in range(11):
+        write(f"metrics.{n}.jsonl", (5, {"loss": float(n)}))
+    write("metrics.jsonl", (6, {"loss": 99.0}))
+    write("metrics.old.jsonl", (5, {"loss": -1.0}))  # not an attempt of this stage
+    steps = learning.read_metrics(tmp_path)
+    assert steps == {5: {"loss": 10.0}, 6: {"loss": 99.0}}

@@ -25,7 +25,10 @@ GPU_RECIPES = sorted(p.stem for p in (R.REPO_ROOT / "recipes").glob("*.yaml")
 # Recipes whose every stage runs, unchanged, inside a chain that is rehearsed: the chain's
 # rehearsal proves them (test_a_chain_runs_its_recipes_stages_unchanged checks the "unchanged").
 PROVEN_BY_CHAIN = {"sft_warmup": "sft_then_grpo", "grpo_grounding": "sft_then_grpo"}
-REHEARSED = [n for n in GPU_RECIPES if n not in PROVEN_BY_CHAIN]
+# Rehearsed through `medrl slurm --rehearse` (tests/slurm/test_slurm.py): one launch proves the
+# recipe and the Slurm bootstrap.
+PROVEN_BY_SLURM = {"grpo_report"}
+REHEARSED = [n for n in GPU_RECIPES if n not in PROVEN_BY_CHAIN and n not in PROVEN_BY_SLURM]
 # Keys whose value is a path of the run or of this machine: they differ by construction.
 RUN_PATHS = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path", "model.path",
              "trainer.default_local_dir", "+ray_kwargs.ray_init.runtime_env.env_vars.")
@@ -41,6 +44,9 @@ def test_every_shipped_gpu_recipe_is_covered():
     # The RL algorithms (issue 21): each rehearsed on its own (the slow test below).
     algorithms = {"gspo_grounding", "dapo_grounding", "dr_grpo_grounding", "rloo_grounding", "reinforce_pp_grounding"}
     assert algorithms <= set(REHEARSED)
+    slurm = (R.REPO_ROOT / "tests" / "slurm" / "test_slurm.py").read_text()
+    for name in PROVEN_BY_SLURM:
+        assert f'Job(local_slurm, tmp_path, "{name}",' in slurm and '"--rehearse"' in slurm
     assert "cpu_tiny" not in GPU_RECIPES
 
 

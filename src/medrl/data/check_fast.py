@@ -31,6 +31,9 @@ from medrl.data import check_rules as C
 
 BIN = 64  # tokens per histogram bin
 INLINE_ROWS = 4096  # smaller files are scanned in this process (no pool start-up)
+# Fewer rows to prove are loaded through verl in this process: a worker process spends ~7 s of CPU
+# importing verl before its first row, and a row takes milliseconds.
+INLINE_PROVE_ROWS = 256
 MAX_PROVE = 2000  # near-limit and fallback rows proven through verl at most (a seeded subset beyond)
 
 
@@ -302,7 +305,7 @@ def _prove(path: Path, rows: list[int], counted: dict, fallback: dict, opts: Sca
         return {"rows": 0, "sample": 0, "near_limit": 0, "fast_path_skipped": 0, "mismatches": 0}
     with tempfile.TemporaryDirectory(prefix="medrl-prove-") as tmp:
         parts = []
-        per = max(1, -(-len(rows) // workers))
+        per = len(rows) if len(rows) <= INLINE_PROVE_ROWS else max(1, -(-len(rows) // workers))
         for k in range(0, len(rows), per):
             part = Path(tmp) / f"part{k}.parquet"
             _copy_rows(str(path), rows[k:k + per], part, units)

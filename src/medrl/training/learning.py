@@ -38,7 +38,9 @@ class ValPoint:
 def read_metrics(stage_dir: Path) -> dict[int, dict[str, Any]]:
     """Merge a stage's verl file-logger records (all attempts) into {step: metrics}."""
     steps: dict[int, dict[str, Any]] = {}
-    files = sorted(stage_dir.glob("metrics.*.jsonl")) + sorted(stage_dir.glob("metrics.jsonl"))
+    # Attempts in the order they ran (metrics.0, metrics.1, ..., metrics.10), the current one last.
+    attempts = [p for p in stage_dir.glob("metrics.*.jsonl") if p.name.split(".")[1].isdigit()]
+    files = sorted(attempts, key=lambda p: int(p.name.split(".")[1])) + sorted(stage_dir.glob("metrics.jsonl"))
     for path in files:
         for _, rec in jsonl.lines(path):
             steps.setdefault(int(rec["step"]), {}).update(rec.get("data", {}))
