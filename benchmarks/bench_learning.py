@@ -62,21 +62,17 @@ from typing import Any
 
 from medrl.atomic import atomic_open
 from medrl.training import learning
-from medrl.training.algorithms import ERROR, stage_report
+from medrl.bench.algorithm_arms import ALGORITHMS, BASE_RECIPE, algorithm_arms, check_arm, shrunk
 from medrl.bench.budget_trainer import BUDGET_ENV, MODULE, TRAINER_MODE
 from medrl.training.env import metrics_env, run_env, trainer_mode_overrides
 from medrl.training.pipeline import latest_checkpoint, merge
 from medrl.training.recipes import REPO_ROOT, Recipe, apply_overrides, load_recipe, resolve_paths
-from medrl.training.rehearse import dapo_changes
 from medrl.training.verl_command import build_command
 
 SHUFFLED_REWARD = REPO_ROOT / "src" / "medrl" / "bench" / "shuffled_reward.py"
 SPEC = REPO_ROOT / "recipes" / "rewards" / "grounding.yaml"
 CANDIDATES = REPO_ROOT / "recipes" / "rewards" / "candidates"
 ARMS = ("grpo", "shuffled", "sft")
-# --algorithm-arms: grpo (the cpu_tiny arm as it is) and the algorithms of recipes/<name>_grounding.yaml.
-ALGORITHMS = ("grpo", "gspo", "dapo", "dr_grpo", "rloo", "reinforce_pp")
-BASE_RECIPE = "grpo_grounding"
 DATA_SETS = ("one", "vindr")
 
 
@@ -101,27 +97,6 @@ def reward_arms(names: str | None) -> dict[str, Path]:
         if arm in arms:
             raise ValueError(f"--reward-arms: {name!r} given twice")
         arms[arm] = spec
-    return arms
-
-
-def recipe_additions(name: str) -> dict[str, Any]:
-    """The verl keys recipes/<name>_grounding.yaml sets on its GRPO stage beyond grpo_grounding's ({} for grpo)."""
-    if name == "grpo":
-        return {}
-    base = load_recipe(BASE_RECIPE).stage("grpo").overrides
-    own = load_recipe(f"{name}_grounding").stage("grpo").overrides
-    return {k: v for k, v in own.items() if k not in base or base[k] != v}
-
-
-def algorithm_arms(names: str | None) -> dict[str, dict[str, Any]]:
-    """{arm name: the keys its recipe adds} for `--algorithm-arms` (comma-separated algorithm names)."""
-    arms: dict[str, dict[str, Any]] = {}
-    for name in [n.strip() for n in (names or "").split(",") if n.strip()]:
-        if name not in ALGORITHMS:
-            raise ValueError(f"--algorithm-arms: {name!r} is not one of {', '.join(ALGORITHMS)}")
-        if name in arms:
-            raise ValueError(f"--algorithm-arms: {name!r} given twice")
-        arms[name] = recipe_additions(name)
     return arms
 
 
@@ -267,28 +242,16 @@ def grpo_keys(stage_dir: Path, seed: int, budget_s: float, val_every: int, extra
             f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}"]
     keys += trainer_mode_overrides(TRAINER_MODE, MODULE, {BUDGET_ENV: str(budget_s)})
     if algorithm:
-        keys += [f"{k}={v}" for k, v in shrunk(algorithm, extra).items()]
+        stage = apply_overrides(load_recipe("cpu_tiny"), [f"grpo.{o}" for o in extra]).stage("grpo").overrides
+        keys += [f"{k}={v}" for k, v in shrunk(algorithm, stage).items()]
     return keys + extra
-
-
-def shrunk(algorithm: dict[str, Any], extra: list[str]) -> dict[str, Any]:
-    """An algorithm's keys on the cpu_tiny arm, DAPO's shrunk as `medrl rehearse` shrinks them (`dapo_changes`)."""
-    base = apply_overrides(load_recipe("cpu_tiny"), [f"grpo.{o}" for o in extra]).stage("grpo").overrides
-    own = {**base, **algorithm}
-    return {**algorithm, **{key: value for key, value, _ in dapo_changes(own)}}
 
 
 def check_arms(algorithms: dict[str, dict[str, Any]], extra: list[str], out: Path) -> list[str]:
     """medrl's pre-launch algorithm check on each algorithm arm's final keys: its report lines; errors raise."""
     lines = []
     for name, keys in algorithms.items():
-        grpo = keys_as_run(grpo_keys(out / name, 0, 60.0, 10, extra, keys), out)
-        report, findings = stage_report(grpo, grpo.stage("grpo"))
-        errors = [f.message for f in findings if f.level == ERROR]
-        if errors:
-            raise ValueError(f"--algorithm-arms: the {name} arm's keys fail the pre-launch algorithm check:\n  "
-                             + "\n  ".join(errors))
-        lines += [f"arm {name}:"] + report
+        lines += check_arm(name, keys_as_run(grpo_keys(out / name, 0, 60.0, 10, extra, keys), out))
     return lines
 
 
@@ -384,7 +347,8 @@ def final_eval_dir(out: Path, seed: int, arm: str, res: dict) -> Path:
 
 
 def table(results: dict[int, dict], arms: list[str], out: Path) -> str:
-    """Per arm: start and final validation figures, the gains, the median box/true area; min / median / max over seeds."""
+    """Per arm: start and final validation figures, the gains, the median box/true area and (GRPO arms) the
+    median seconds per training step; min / median / max over seeds."""
     seeds = sorted(results)
     lines = [f"{len(seeds)} seed(s): {seeds}; figures are min / median / max over seeds (final model, medrl eval); "
              f"box/true area: each final model's median over rows with a matched box",
@@ -496,7 +460,8 @@ def main() -> int:
         ap.error(str(exc))
     out = Path(args.out).resolve()
     try:  # before anything launches: an arm verl would run with keys that make no sense stops the bench
-        print("\n".join(check_arms(algorithms, args.set, out)))
+        for line in check_arms(algorithms, args.set, out):
+            print(line)
     except ValueError as exc:
         print(f"bench_learning: {exc}", file=sys.stderr)
         return 2
