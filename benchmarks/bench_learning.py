@@ -27,9 +27,22 @@ rules from verl's dumps, whatever reward an arm trained on. `--data vindr` train
 VinDr-like mix instead of one finding per image: about half the images without a finding, the
 others with 1-3 (`medrl prepare sample --grounding --mix vindr`).
 
+Comparing RL algorithms (issue 21): `--algorithm-arms grpo,gspo,dapo,dr_grpo,rloo,reinforce_pp` runs
+one GRPO-trainer arm per algorithm in place of the single grpo arm, from the same start per seed
+and on the same training-time budget. An arm is the cpu_tiny GRPO arm plus exactly the verl keys
+its recipe (recipes/<name>_grounding.yaml) adds over grpo_grounding's GRPO stage, read from the
+recipe files; DAPO's are shrunk as `medrl rehearse` shrinks them (dynamic sampling off, the
+overlong lengths scaled to the response length). `--set` keys come last, for every arm. Before
+anything launches each arm's final keys pass medrl's pre-launch algorithm check (an error stops
+the bench, naming the algorithm). For every GRPO arm the table gives s/step: the median of verl's
+`timing_s/step` over the arm's training steps (min / median / max over seeds). It can be combined
+with --reward-arms (`grpo` then stands for both lists). The table is also written to --out/table.txt.
+
     python benchmarks/bench_learning.py [--seeds 1] [--budget-min 20] [--out runs/bench_learning]
     python benchmarks/bench_learning.py --reward-arms iou,giou,f1iou,iou_size --arms grpo shuffled \
         --data vindr --seeds 3 --budget-min 10 --out runs/bench_rewards_vindr
+    python benchmarks/bench_learning.py --algorithm-arms grpo,gspo,dapo,dr_grpo,rloo,reinforce_pp \
+        --arms grpo --seeds 3 --budget-min 10 --start runs/sft_start/merged --out runs/bench_algorithms
 """
 
 from __future__ import annotations
@@ -45,12 +58,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from medrl.atomic import atomic_open
 from medrl.training import learning
+from medrl.bench.algorithm_arms import ALGORITHMS, BASE_RECIPE, algorithm_arms, check_arm, shrunk
 from medrl.bench.budget_trainer import BUDGET_ENV, MODULE, TRAINER_MODE
 from medrl.training.env import metrics_env, run_env, trainer_mode_overrides
 from medrl.training.pipeline import latest_checkpoint, merge
-from medrl.training.recipes import REPO_ROOT, apply_overrides, load_recipe, resolve_paths
+from medrl.training.recipes import REPO_ROOT, Recipe, apply_overrides, load_recipe, resolve_paths
 from medrl.training.verl_command import build_command
 
 SHUFFLED_REWARD = REPO_ROOT / "src" / "medrl" / "bench" / "shuffled_reward.py"
@@ -84,13 +100,14 @@ def reward_arms(names: str | None) -> dict[str, Path]:
     return arms
 
 
-def arm_list(arms: list[str], rewards: dict[str, Path]) -> list[str]:
-    """The arms to run, in order: with reward arms, `grpo` stands for all of them."""
-    if not rewards:
+def arm_list(arms: list[str], rewards: dict[str, Path], algorithms: dict[str, dict] | None = None) -> list[str]:
+    """The arms to run, in order: with reward or algorithm arms, `grpo` stands for all of them."""
+    grpo = list(dict.fromkeys([*rewards, *(algorithms or {})]))
+    if not grpo:
         return list(arms)
     out: list[str] = []
     for arm in arms:
-        out += list(rewards) if arm == "grpo" else [arm]
+        out += grpo if arm == "grpo" else [arm]
     return out
 
 
@@ -141,10 +158,15 @@ class StartupError(RuntimeError):
     """A trainer that exited before its first step."""
 
 
+def cpu_tiny(stage: str, overrides: list[str], data: dict[str, str], run_dir: Path) -> Recipe:
+    """The cpu_tiny recipe on the bench's data with `overrides` on `stage`, paths resolved in `run_dir`."""
+    keys = [f"data.{k}={v}" for k, v in data.items()] + [f"{stage}.{o}" for o in overrides]
+    return resolve_paths(apply_overrides(load_recipe("cpu_tiny"), keys), run_dir)
+
+
 def _run_once(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str],
               train_budget_s: float | None) -> dict[int, float]:
-    keys = [f"data.{k}={v}" for k, v in data.items()] + [f"{stage}.{o}" for o in overrides]
-    recipe = resolve_paths(apply_overrides(load_recipe("cpu_tiny"), keys), stage_dir.parent)
+    recipe = cpu_tiny(stage, overrides, data, stage_dir.parent)
     cmd = build_command(recipe, recipe.stage(stage), stage_dir, model_path=model)
     env = {**run_env(recipe.device), **metrics_env(stage_dir)}
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -211,15 +233,41 @@ def warmup(seed_dir: Path, seed: int, steps: int, data: dict[str, str]) -> Path:
     return merged("sft", stage_dir)
 
 
-def grpo_arm(seed_dir: Path, arm: str, start: Path, seed: int, budget_s: float, data: dict[str, str],
-             val_every: int, extra: list[str], spec: Path | None = None) -> dict:
-    """One GRPO arm from `start` for `budget_s` training seconds (trained on reward `spec`, default the recipe's)."""
-    stage_dir = seed_dir / arm
+def grpo_keys(stage_dir: Path, seed: int, budget_s: float, val_every: int, extra: list[str],
+              algorithm: dict[str, Any] | None = None) -> list[str]:
+    """The verl keys of a GRPO arm over cpu_tiny's GRPO stage: the bench's, the `algorithm`'s (shrunk), `extra`."""
     keys = [f"trainer.total_training_steps=100000", f"trainer.test_freq={val_every}",
             "trainer.save_freq=100000",  # > 0: verl saves the last step only
             "trainer.val_before_train=True", f"trainer.validation_data_dir={stage_dir / learning.VALIDATION_DIR}",
             f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}"]
-    keys += trainer_mode_overrides(TRAINER_MODE, MODULE, {BUDGET_ENV: str(budget_s)}) + extra
+    keys += trainer_mode_overrides(TRAINER_MODE, MODULE, {BUDGET_ENV: str(budget_s)})
+    if algorithm:
+        stage = apply_overrides(load_recipe("cpu_tiny"), [f"grpo.{o}" for o in extra]).stage("grpo").overrides
+        keys += [f"{k}={v}" for k, v in shrunk(algorithm, stage).items()]
+    return keys + extra
+
+
+def check_arms(algorithms: dict[str, dict[str, Any]], extra: list[str], out: Path) -> list[str]:
+    """medrl's pre-launch algorithm check on each algorithm arm's final keys: its report lines; errors raise."""
+    lines = []
+    for name, keys in algorithms.items():
+        lines += check_arm(name, keys_as_run(grpo_keys(out / name, 0, 60.0, 10, extra, keys), out))
+    return lines
+
+
+def keys_as_run(keys: list[str], out: Path) -> Recipe:
+    """cpu_tiny with a GRPO arm's keys, as `_run_once` launches it (data: the bench's files under `out`)."""
+    data = {k: str(out / "data" / f"{k}.parquet") for k in ("train", "val", "sft_train", "sft_val")}
+    return cpu_tiny("grpo", keys, data, out)
+
+
+def grpo_arm(seed_dir: Path, arm: str, start: Path, seed: int, budget_s: float, data: dict[str, str],
+             val_every: int, extra: list[str], spec: Path | None = None,
+             algorithm: dict[str, Any] | None = None) -> dict:
+    """One GRPO arm from `start` for `budget_s` training seconds (trained on reward `spec`, default the
+    recipe's, with the keys an `algorithm` recipe adds)."""
+    stage_dir = seed_dir / arm
+    keys = grpo_keys(stage_dir, seed, budget_s, val_every, extra, algorithm)
     if arm == "shuffled":
         keys += [f"reward.custom_reward_function.path={SHUFFLED_REWARD}",
                  f"+reward.custom_reward_function.reward_kwargs.truths={data['train']}",
@@ -231,6 +279,13 @@ def grpo_arm(seed_dir: Path, arm: str, start: Path, seed: int, budget_s: float, 
     final = learning.evaluate(merged("grpo", stage_dir), data["val"], stage_dir / "eval", str(SPEC),
                               curve[-1].step, curve[-1].train_s)
     return {"curve": curve, "final": final}
+
+
+def step_seconds(stage_dir: Path) -> float:
+    """The median of verl's `timing_s/step` over a GRPO stage's training steps (NaN without any)."""
+    times = [float(m["timing_s/step"]) for step, m in learning.read_metrics(stage_dir).items()
+             if step > 0 and "timing_s/step" in m]
+    return statistics.median(times) if times else math.nan
 
 
 def sft_arm(seed_dir: Path, start: Path, seed: int, train_s: float, data: dict[str, str], every: int) -> dict:
@@ -254,9 +309,12 @@ def run_seed(out: Path, seed: int, args, data: dict[str, str]) -> dict:
     res = json.loads(res_file.read_text()) if res_file.is_file() else {}
     if "start" not in res:
         res["start"] = learning.evaluate(start, data["val"], seed_dir / "warmup" / "eval", str(SPEC)).__dict__
-    rewards = reward_arms(args.reward_arms)
-    for arm in arm_list(args.arms, rewards):
+    rewards, algorithms = reward_arms(args.reward_arms), algorithm_arms(args.algorithm_arms)
+    for arm in arm_list(args.arms, rewards, algorithms):
         if arm in res:
+            if arm != "sft" and "s_step" not in res[arm] and (seed_dir / arm).is_dir():  # read back from before s/step
+                res[arm]["s_step"] = step_seconds(seed_dir / arm)
+                res_file.write_text(json.dumps(res, indent=1))
             continue
         log(f"seed {seed}: arm {arm}")
         if arm == "sft":
@@ -264,8 +322,10 @@ def run_seed(out: Path, seed: int, args, data: dict[str, str]) -> dict:
             got = sft_arm(seed_dir, start, seed, trained, data, args.sft_every)
         else:
             got = grpo_arm(seed_dir, arm, start, seed, args.budget_min * 60, data, args.val_every, args.set,
-                           rewards.get(arm))
+                           rewards.get(arm), algorithms.get(arm))
         res[arm] = {"curve": [p.__dict__ for p in got["curve"]], "final": got["final"].__dict__}
+        if arm != "sft":
+            res[arm]["s_step"] = step_seconds(seed_dir / arm)
         res_file.write_text(json.dumps(res, indent=1))
     return res
 
@@ -287,12 +347,13 @@ def final_eval_dir(out: Path, seed: int, arm: str, res: dict) -> Path:
 
 
 def table(results: dict[int, dict], arms: list[str], out: Path) -> str:
-    """Per arm: start and final validation figures, the gains, the median box/true area; min / median / max over seeds."""
+    """Per arm: start and final validation figures, the gains, the median box/true area and (GRPO arms) the
+    median seconds per training step; min / median / max over seeds."""
     seeds = sorted(results)
     lines = [f"{len(seeds)} seed(s): {seeds}; figures are min / median / max over seeds (final model, medrl eval); "
              f"box/true area: each final model's median over rows with a matched box",
              f"{'arm':<16} {'train min':>9} {'mIoU':>20} {'gain mIoU':>23} {'acc@0.5':>20} {'gain acc@0.5':>23} "
-             f"{'box/true area':>17}"]
+             f"{'box/true area':>17} {'s/step':>17}"]
 
     def fmt(vals, sign=False, digits=3):
         vals = [v for v in vals if not math.isnan(v)]
@@ -316,8 +377,10 @@ def table(results: dict[int, dict], arms: list[str], out: Path) -> str:
         fin = [results[s][arm]["final"] for s in have]
         gain = {k: [results[s][arm]["final"][k] - results[s]["start"][k] for s in have] for k in ("miou", "acc50")}
         mins = fmt([p["train_s"] / 60 for p in fin], digits=1).split("/")[1]
+        step_s = fmt([results[s][arm].get("s_step", math.nan) for s in have], digits=2) if arm != "sft" else ""
         lines.append(f"{arm:<16} {mins:>9} {fmt([p['miou'] for p in fin]):>20} {fmt(gain['miou'], True):>23} "
-                     f"{fmt([p['acc50'] for p in fin]):>20} {fmt(gain['acc50'], True):>23} {area(arm):>17}")
+                     f"{fmt([p['acc50'] for p in fin]):>20} {fmt(gain['acc50'], True):>23} {area(arm):>17} "
+                     f"{step_s:>17}")
     for arm in arms:
         if arm in ("shuffled", "sft") or not all(arm in results[s] and "shuffled" in results[s] for s in seeds):
             continue
@@ -379,6 +442,9 @@ def main() -> int:
                     help="comma-separated grounding specs, one GRPO arm each: iou (the shipped spec) or names of "
                          "recipes/rewards/candidates/*.yaml (giou, f1iou, f1iou_soft, iou_size, giou_f1_size) "
                          "or paths to spec files")
+    ap.add_argument("--algorithm-arms", default=None, metavar="NAMES",
+                    help=f"comma-separated RL algorithms, one GRPO-trainer arm each: {', '.join(ALGORITHMS)} "
+                         f"(the keys recipes/<name>_grounding.yaml adds over {BASE_RECIPE}; grpo: none)")
     ap.add_argument("--data", choices=DATA_SETS, default="one",
                     help="one finding per image, or a VinDr-like mix (about half no finding, the others 1-3)")
     ap.add_argument("--out", default="runs/bench_learning")
@@ -388,10 +454,17 @@ def main() -> int:
                     help="extra verl keys for the GRPO arms (to try a setting against the recipe's)")
     args = ap.parse_args()
     try:
-        arms = arm_list(args.arms, reward_arms(args.reward_arms))
+        algorithms = algorithm_arms(args.algorithm_arms)
+        arms = arm_list(args.arms, reward_arms(args.reward_arms), algorithms)
     except ValueError as exc:
         ap.error(str(exc))
     out = Path(args.out).resolve()
+    try:  # before anything launches: an arm verl would run with keys that make no sense stops the bench
+        for line in check_arms(algorithms, args.set, out):
+            print(line)
+    except ValueError as exc:
+        print(f"bench_learning: {exc}", file=sys.stderr)
+        return 2
     data = prepare_data(out, args.train, args.val, args.data)
     results = {}
     for seed in range(args.seeds):
@@ -402,7 +475,10 @@ def main() -> int:
     plot = learning.plot_curves(curves, out / "learning_curves.png", f"validation mIoU, {what}")
     plot_acc = learning.plot_curves(curves, out / "learning_curves_acc50.png", f"validation acc@0.5, {what}",
                                     metric="acc50")
-    print(table(results, arms, out))
+    text = table(results, arms, out)
+    with atomic_open(out / "table.txt", encoding="utf-8") as fh:  # header: the command, as benchmarks/results keeps it
+        fh.write(f"# {' '.join(['bench_learning.py', *sys.argv[1:]])}\n{text}\n")
+    print(text)
     print(f"plots: {plot}, {plot_acc}\nresults: {out / 'results.json'}")
     return 0 if all(not math.isnan(results[s]["start"]["miou"]) for s in results) else 1
 

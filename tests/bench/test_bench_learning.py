@@ -1,13 +1,16 @@
-"""benchmarks/bench_learning.py: reward arms, the arm list, the comparison table and re-scored curves (no trainer runs)."""
+"""benchmarks/bench_learning.py: reward and algorithm arms, the arm list, the comparison table and re-scored curves
+(no trainer runs)."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medrl.training import learning
 
@@ -45,6 +48,66 @@ def test_grpo_stands_for_every_reward_arm(bench):
     assert bench.arm_list(["shuffled", "grpo"], {}) == ["shuffled", "grpo"]
 
 
+def _recipe_keys(name: str) -> dict:
+    """The overrides recipes/<name>_grounding.yaml writes on the stage it takes from grpo_grounding (read as YAML)."""
+    (stage,) = yaml.safe_load((REPO / "recipes" / f"{name}_grounding.yaml").read_text())["stages"]
+    assert (stage["from"], stage["stage"]) == ("grpo_grounding.yaml", "grpo")
+    return stage["overrides"]
+
+
+def _arm_stage(bench, tmp_path, algorithm, extra=()) -> dict:
+    """The GRPO stage overrides an arm launches with."""
+    keys = bench.grpo_keys(tmp_path / "arm", 0, 60.0, 5, list(extra), algorithm)
+    return bench.keys_as_run(keys, tmp_path).stage("grpo").overrides
+
+
+@pytest.mark.parametrize("name", ["gspo", "dr_grpo", "rloo", "reinforce_pp"])
+def test_an_algorithm_arm_is_the_grpo_arm_plus_exactly_its_recipes_keys(bench, tmp_path, name):
+    added = bench.algorithm_arms(name)[name]
+    assert added == _recipe_keys(name)
+    plain, arm = _arm_stage(bench, tmp_path, None), _arm_stage(bench, tmp_path, added)
+    assert {k: v for k, v in arm.items() if plain.get(k, "unset") != v} == _recipe_keys(name)
+    assert set(plain) <= set(arm)
+    assert bench.algorithm_arms("grpo") == {"grpo": {}}
+
+
+def test_the_dapo_arm_is_shrunk_as_the_rehearsal_shrinks_it(bench, tmp_path):
+    recipe = _recipe_keys("dapo")
+    tiny = yaml.safe_load((REPO / "recipes" / "cpu_tiny.yaml").read_text())
+    (response,) = [st["overrides"]["data.max_response_length"] for st in tiny["stages"] if st["name"] == "grpo"]
+    buffer, limit = recipe["+reward.reward_kwargs.overlong_buffer_cfg.len"], recipe["+reward.reward_kwargs.max_resp_len"]
+    assert recipe["algorithm.filter_groups.enable"] is True and limit > response
+    for extra, length in (((), response), (("data.max_response_length=64",), 64)):
+        arm = _arm_stage(bench, tmp_path, bench.algorithm_arms("dapo")["dapo"], extra)
+        assert arm["algorithm.filter_groups.enable"] is False
+        assert arm["+reward.reward_kwargs.max_resp_len"] == length == arm["data.max_response_length"]
+        assert arm["+reward.reward_kwargs.overlong_buffer_cfg.len"] == buffer * length // limit
+        kept = [k for k in recipe if k not in ("algorithm.filter_groups.enable", "+reward.reward_kwargs.max_resp_len",
+                                               "+reward.reward_kwargs.overlong_buffer_cfg.len")]
+        assert {k: arm[k] for k in kept} == {k: recipe[k] for k in kept}
+
+
+def test_algorithm_arm_names_are_checked(bench, tmp_path):
+    with pytest.raises(ValueError, match=r"'ppo' is not one of grpo, gspo, dapo, dr_grpo, rloo, reinforce_pp"):
+        bench.algorithm_arms("grpo,ppo")
+    with pytest.raises(ValueError, match="given twice"):
+        bench.algorithm_arms("rloo, rloo")
+    arms = bench.algorithm_arms("grpo,gspo")
+    assert bench.arm_list(["grpo", "shuffled"], bench.reward_arms("iou,giou"), arms) == [
+        "grpo", "grpo_giou", "gspo", "shuffled"]
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_learning.py"), "--algorithm-arms",
+                          "gspo,ppo", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "'ppo' is not one of" in out.stderr and not (tmp_path / "run").exists()
+
+
+def test_prelaunch_check_passes_the_shipped_arms_and_stops_on_an_error_naming_the_algorithm(bench, tmp_path):
+    lines = bench.check_arms(bench.algorithm_arms("dr_grpo,reinforce_pp"), [], tmp_path)
+    assert "arm dr_grpo:" in lines and "# algorithm: Dr. GRPO; the verl keys that set it:" in lines
+    assert "#   algorithm.adv_estimator=reinforce_plus_plus" in lines
+    with pytest.raises(ValueError, match=r"the rloo arm's keys fail .*\n  adv_estimator=rloo .* rollout.n=1"):
+        bench.check_arms(bench.algorithm_arms("rloo"), ["actor_rollout_ref.rollout.n=1"], tmp_path)
+
+
 def _final(miou, acc50, step=10):
     return {"step": step, "train_s": 600.0, "miou": miou, "acc50": acc50, "reward": miou, "n": 3}
 
@@ -74,7 +137,8 @@ def test_table_gives_min_median_max_over_seeds_and_margins_over_shuffled(bench, 
     # grpo_giou: mIoU 0.30/0.36/0.40, gain +0.04/+0.08/+0.10, acc@0.5 0.16/0.24/0.30, gain +0.06/+0.08/+0.10
     assert lines["grpo_giou"].split()[2:7] == ["0.300/0.360/0.400", "+0.040/+0.080/+0.100", "0.160/0.240/0.300",
                                                "+0.060/+0.080/+0.100", "1.00/1.10/1.20"]
-    assert lines["grpo"].split()[-1] == "2.00/2.20/2.40" and lines["start"].split()[-1] == "1.20/1.32/1.44"
+    assert lines["grpo"].split()[-2:] == ["2.00/2.20/2.40", "-"]  # s/step: none recorded in these results
+    assert lines["start"].split()[-1] == "1.20/1.32/1.44"
     assert "grpo_giou mIoU minus shuffled mIoU, per seed: +0.120, +0.030, +0.160" in text
     assert "grpo mIoU minus shuffled mIoU, per seed: +0.070, +0.060, +0.100" in text
     assert "shuffled mIoU minus" not in text
@@ -111,3 +175,29 @@ def test_help_runs():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_learning.py"), "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--reward-arms" in out.stdout and "--data {one,vindr}" in out.stdout
+    assert "--algorithm-arms" in out.stdout
+
+
+def test_table_gives_every_grpo_arms_seconds_per_step(bench, tmp_path):
+    results = {}
+    for seed in (0, 1):
+        results[seed] = {"start": _final(0.3, 0.2, step=0),
+                         "grpo": {"curve": [], "final": _final(0.35, 0.25), "s_step": 10.0 + seed},
+                         "dapo": {"curve": [], "final": _final(0.40, 0.30), "s_step": 12.5 + 2 * seed},
+                         "sft": {"curve": [], "final": _final(0.31, 0.21)}}
+        for arm in results[seed]:
+            _scores(bench.final_eval_dir(tmp_path, seed, arm, results[seed]), [1.0])
+    text = bench.table(results, ["grpo", "dapo", "sft"], tmp_path).splitlines()
+    header = text[1].split()
+    assert header[-1] == "s/step"
+    rows = {line.split()[0]: line.split() for line in text[2:6]}
+    assert rows["grpo"][-1] == "10.00/10.50/11.00" and rows["dapo"][-1] == "12.50/13.50/14.50"
+    assert len(rows["sft"]) == len(rows["grpo"]) - 1 and rows["sft"][-1] == "1.00/1.00/1.00"  # SFT: no verl step time
+
+
+def test_step_seconds_is_the_median_of_verls_step_time(bench, tmp_path):
+    records = [{"step": 0, "data": {"val-core/x": 1.0}}] + [
+        {"step": s, "data": {"timing_s/step": t}} for s, t in ((1, 30.0), (2, 10.0), (3, 12.0))]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert bench.step_seconds(tmp_path) == 12.0
+    assert math.isnan(bench.step_seconds(tmp_path / "none"))
