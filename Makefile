@@ -12,13 +12,13 @@ demo: setup
 # then the slow tier (end-to-end verl runs, each taking the whole machine) one test at a time.
 # Two at a time was measured and is slower on 2 cores: each verl run took 1.5-2.6x as long, and
 # two two-rank runs reached Ray's memory limit (24 GB).
-# Measured on a quiet 2-core machine (cached setup, 2026-12-03): 37 min (fast tier 85 s, slow tier 35 min).
+# Measured on a quiet 2-core machine (cached setup, 2026-12-03): 37 min 39 s (fast tier 108 s, slow tier 36 min), on a day verl launches ran 30-50 % slower than the day before.
 test: setup
 	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
 	.venv/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 # The quick loop: no end-to-end verl run, no vLLM engine, no verl dataset load over many rows
-# (markers slow and verl_load), on both cores. Measured on a quiet 2-core machine: 75 s (906 tests).
+# (markers slow and verl_load), on both cores. Measured on a quiet 2-core machine: 70 s (949 tests).
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow and not verl_load" -n 2 $(PYTEST_ARGS)
 

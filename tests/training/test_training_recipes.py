@@ -69,13 +69,12 @@ def test_joining_a_ray_cluster_drops_the_sizes_and_carries_the_run_env(tmp_path,
     joined = _args(C.build_command(recipe, grpo, tmp_path / "grpo", model_path="/m"))
     assert alone["ray_kwargs.ray_init.num_cpus"] == "16" and alone["+ray_kwargs.ray_init.num_gpus"] == "2"
     assert "ray_kwargs.ray_init.num_cpus" not in joined and "+ray_kwargs.ray_init.num_gpus" not in joined
+    assert alone["+ray_kwargs.ray_init.include_dashboard"] == "False"  # a cluster's own `ray start` decides
+    assert "+ray_kwargs.ray_init.include_dashboard" not in joined
     # Composed by Hydra exactly as verl will: every value a str (Ray refuses ints and bools).
-    from hydra import compose, initialize_config_dir
+    from medrl.training.verl_keys import compose_verl_config
 
-    from medrl.training.verl_keys import verl_config_dir
-
-    with initialize_config_dir(config_dir=str(verl_config_dir()), version_base=None):
-        cfg = compose(config_name="ppo_trainer", overrides=[f"{k}={v}" for k, v in joined.items()])
+    cfg = compose_verl_config("ppo", [f"{k}={v}" for k, v in joined.items()])
     carried = dict(cfg.ray_kwargs.ray_init.runtime_env.env_vars)
     assert all(type(v) is str for v in carried.values()), carried
     assert set(run_env("cpu", base={})) <= set(carried)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_training_algorithm_math import PROVEN_BY_ALGORITHM_MATH  # a constant: its tests are not collected here
 
 from medrl.training import recipes as R
 from medrl.training import verl_command as C
@@ -29,7 +30,11 @@ PROVEN_BY_CHAIN = {"sft_warmup": "sft_then_grpo", "grpo_grounding": "sft_then_gr
 # Rehearsed through `medrl slurm --rehearse` (tests/slurm/test_slurm.py): one launch proves the
 # recipe and the Slurm bootstrap.
 PROVEN_BY_SLURM = {"grpo_report"}
-REHEARSED = [n for n in GPU_RECIPES if n not in PROVEN_BY_CHAIN and n not in PROVEN_BY_SLURM]
+# Algorithm recipes that are grpo_grounding plus algorithm keys only: their keys reach verl's config
+# checks, advantage step and loss, which test_training_algorithm_math runs on each recipe's rehearsal
+# config against the papers' formulas; the launch around them is grpo_grounding's and dapo_grounding's.
+REHEARSED = [n for n in GPU_RECIPES
+             if n not in PROVEN_BY_CHAIN and n not in PROVEN_BY_SLURM and n not in PROVEN_BY_ALGORITHM_MATH]
 # Keys whose value is a path of the run or of this machine: they differ by construction.
 RUN_PATHS = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path", "model.path",
              "trainer.default_local_dir", "+ray_kwargs.ray_init.runtime_env.env_vars.")
@@ -42,9 +47,10 @@ def _args(cmd: list[str]) -> dict[str, str]:
 def test_every_shipped_gpu_recipe_is_covered():
     assert {"sft_warmup", "grpo_grounding", "grpo_report", "grpo_enhanced", "ppo_critic", "grpo_lora",
             "sft_then_grpo"} <= set(GPU_RECIPES)
-    # The RL algorithms (issue 21): each rehearsed on its own (the slow test below).
+    # The RL algorithms (issue 21): DAPO (its own reward manager) rehearsed on its own, the others'
+    # algorithm keys proven in test_training_algorithm_math.
     algorithms = {"gspo_grounding", "dapo_grounding", "dr_grpo_grounding", "rloo_grounding", "reinforce_pp_grounding"}
-    assert algorithms <= set(REHEARSED)
+    assert "dapo_grounding" in REHEARSED and algorithms <= set(REHEARSED) | PROVEN_BY_ALGORITHM_MATH
     slurm = (R.REPO_ROOT / "tests" / "slurm" / "test_slurm.py").read_text()
     for name in PROVEN_BY_SLURM:
         # The job that submits this recipe is the one that rehearses it.

@@ -75,6 +75,8 @@ CPU_PPO: dict[str, Setting] = {
     "transfer_queue.backend.SimpleStorage.num_data_storage_units": Setting(
         1, "verl's default 8 storage units cannot be scheduled on a 2-CPU Ray and hang silently"),
     "ray_kwargs.ray_init.num_cpus": Setting(16, "logical CPUs so that every verl actor can be scheduled"),
+    # Measured: Ray's start 1.5-2 s shorter without it, and no dashboard processes polling the 2 cores.
+    "+ray_kwargs.ray_init.include_dashboard": Setting(False, "Ray's dashboard processes cost start-up and CPU"),
 }
 
 CPU_SFT: dict[str, Setting] = {

@@ -106,6 +106,7 @@ def stage_overrides(
             # Joining an existing cluster, Ray refuses resource sizes: `ray start` set them.
             keys.pop("ray_kwargs.ray_init.num_cpus", None)
             keys.pop("+ray_kwargs.ray_init.num_gpus", None)
+            keys.pop("+ray_kwargs.ray_init.include_dashboard", None)
     else:
         keys.update(
             {

@@ -28,15 +28,20 @@ def verl_config_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "trainer" / "config"
 
 
-@functools.lru_cache(maxsize=4)
-def verl_config(trainer: str):
-    """Compose verl's default config for a trainer ("sft" or "ppo")."""
+def compose_verl_config(trainer: str, overrides: list[str] | tuple[str, ...] = ()):
+    """verl's config for a trainer ("sft" or "ppo") composed by Hydra with `key=value` overrides, as verl's launch does."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(verl_config_dir()), version_base=None):
-        return compose(config_name=TRAINERS[trainer])
+        return compose(config_name=TRAINERS[trainer], overrides=list(overrides))
+
+
+@functools.lru_cache(maxsize=4)
+def verl_config(trainer: str):
+    """Compose verl's default config for a trainer ("sft" or "ppo")."""
+    return compose_verl_config(trainer)
 
 
 def verl_default(trainer: str, key: str) -> Any:
