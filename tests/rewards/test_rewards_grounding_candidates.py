@@ -23,6 +23,7 @@ FOUR = "[0.25, 0.25, 0.75, 0.75]"  # around T, four times its area: IoU 1/4
 HALF = "[0.25, 0.25, 0.5, 0.375]"  # inside T, half its area: IoU 1/2
 TOUCH = "[0.5, 0.25, 0.75, 0.5]"  # beside T, sharing an edge: IoU 0
 FAR = "[0.75, 0.75, 1.0, 1.0]"  # far from T: IoU 0
+HALF_FAR = "[0.75, 0.75, 1.0, 0.875]"  # far from T, half its area
 # A exactly, a box twice B's area around B (IoU 1/2), and a false box.
 A_B2_E = "[0, 0, 0.25, 0.25] [0.5, 0.5, 0.75, 1.0] [0.75, 0, 1.0, 0.25]"
 A_B2 = "[0, 0, 0.25, 0.25] [0.5, 0.5, 0.75, 1.0]"
@@ -95,6 +96,16 @@ def test_f1iou_monitor_on_several_boxes():
     (FAR, T, {}, 0.0, 0.0),                # no overlap, no pair: nothing to calibrate
     (NO_FINDING, "[]", {}, 0.8, 0.0),
     (FAR, "[]", {}, 0.0, 0.0),
+    # pairing by distance: every box is judged on its size, overlap or not
+    (FAR, T, {"pairing": "distance"}, 1.0, 0.0),       # the right size, in the wrong place
+    (HALF_FAR, T, {"pairing": "distance"}, 0.5, -math.log(2)),
+    (HALF_FAR, T, {}, 0.0, 0.0),                        # IoU pairing: no overlap, no pair
+    (FOUR, T, {"pairing": "distance"}, 0.0, math.log(4)),
+    (A_B2_E, AB, {"pairing": "distance"}, 0.5, math.log(1.5)),  # every true box overlapped: the IoU pairs
+    (A_B2 + " " + HALF_FAR, AB, {"pairing": "distance"}, 0.5, math.log(1.5)),  # no true box left for HALF_FAR
+    (HALF_FAR + " " + SAME, AB, {"pairing": "distance"}, 0.75, math.log(0.75)),  # no overlap: (1/2 + 1) / 2
+    (FAR + " " + SAME, T, {"pairing": "distance"}, 0.5, 0.0),   # one pair, divisor max(1, 2)
+    (NO_FINDING, "[]", {"pairing": "distance"}, 0.8, 0.0),
 ])
 def test_size_table(answer, truth, kw, score, log_ratio):
     res = run(size, answer, truth, **kw)
@@ -106,7 +117,7 @@ def test_size_table(answer, truth, kw, score, log_ratio):
 @pytest.mark.parametrize("module, kw, message", [
     (giou, {"kind": "ciou"}, "unknown kind"), (f1iou, {"mode": "hard"}, "unknown mode"),
     (f1iou, {"thresholds": [0.5, 1.5]}, "thresholds must be"), (f1iou, {"thresholds": []}, "thresholds must be"),
-    (size, {"max_ratio": 1.0}, "max_ratio must be"), (giou, {"box_convention": "pixels"}, "unknown box convention"),
+    (size, {"max_ratio": 1.0}, "max_ratio must be"), (size, {"pairing": "centre"}, "unknown pairing"), (giou, {"box_convention": "pixels"}, "unknown box convention"),
 ])
 def test_bad_settings_name_the_setting(module, kw, message):
     with pytest.raises(ValueError, match=message):
@@ -124,6 +135,15 @@ def test_growing_a_box_around_the_finding_pays_under_iou_but_not_under_the_candi
              for b in (SAME, TWICE, FOUR)]
     assert [c["score"] for c in combo] == pytest.approx([1.0, 0.6 * 0.5 + 0.3 * 0.5 + 0.1, 0.6 * 0.25 + 0.1])
     assert [c["iou/area_ratio"] for c in combo] == pytest.approx([1.0, 2.0, 4.0])
+
+
+def test_growing_into_overlap_earns_size_credit_only_under_iou_pairing():
+    """A box of the true size beside T, then grown 1.25x until it overlaps: IoU pairing pays the growth
+    (0 -> 1 - ln 1.25 / ln 4), distance pairing takes it away (1 -> the same value)."""
+    grown = "[0.4375, 0.25, 0.75, 0.5]"  # TOUCH widened by 1/16 to the left: area 1.25/16, IoU 1/20
+    after = 1 - math.log(1.25) / math.log(4)
+    assert [run(size, b, T)["score"] for b in (TOUCH, grown)] == pytest.approx([0.0, after])
+    assert [run(size, b, T, pairing="distance")["score"] for b in (TOUCH, grown)] == pytest.approx([1.0, after])
 
 
 def test_monitor_rules():
