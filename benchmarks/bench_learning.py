@@ -74,6 +74,10 @@ SPEC = REPO_ROOT / "recipes" / "rewards" / "grounding.yaml"
 CANDIDATES = REPO_ROOT / "recipes" / "rewards" / "candidates"
 ARMS = ("grpo", "shuffled", "sft")
 DATA_SETS = ("one", "vindr")
+# The GRPO arms' response length per data set: cpu_tiny's 32 tokens fit one box (about 21 with the
+# end token); the VinDr-like mix's 2- and 3-box answers take 40-66 (measured with the tiny tokenizer),
+# and a cut rollout cannot earn a full answer's reward. Runs before 2026-12-04 used 32 on the mix.
+RESPONSE_LENGTH = {"one": None, "vindr": 72}
 
 
 def spread(values: list[float]) -> tuple[float, float, float]:
@@ -459,6 +463,9 @@ def main() -> int:
     except ValueError as exc:
         ap.error(str(exc))
     out = Path(args.out).resolve()
+    length = RESPONSE_LENGTH[args.data]
+    if length and not any(k.startswith("data.max_response_length=") for k in args.set):
+        args.set = [f"data.max_response_length={length}", *args.set]  # the user's own value wins
     try:  # before anything launches: an arm verl would run with keys that make no sense stops the bench
         for line in check_arms(algorithms, args.set, out):
             print(line)

@@ -201,3 +201,20 @@ def test_step_seconds_is_the_median_of_verls_step_time(bench, tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert bench.step_seconds(tmp_path) == 12.0
     assert math.isnan(bench.step_seconds(tmp_path / "none"))
+
+
+@pytest.mark.parametrize("mix", ["one", "vindr"])
+def test_the_grpo_arms_response_length_fits_every_answer_of_its_data_set(bench, tmp_path, tiny_model_dir, mix):
+    """The bench's data (the real sample generator and converter) against the length its GRPO arms run with."""
+    from medrl.cli import main
+    from medrl.training.answer_length import parquet_answer_fit
+    from medrl.training.recipes import load_recipe
+
+    assert main(["prepare", "sample", "--grounding", "--answer", "short", "--mix", mix, "--n", "60", "--seed", "3",
+                 "--out", str(tmp_path / "src")]) == 0
+    assert main(["prepare", "grounding", str(tmp_path / "src" / "grounding.json"), "--split_name", "train",
+                 "--output_dir", str(tmp_path / "data"), "--no_progress"]) == 0
+    limit = bench.RESPONSE_LENGTH[mix] or load_recipe("cpu_tiny").stage("grpo").overrides["data.max_response_length"]
+    fit = parquet_answer_fit(str(tmp_path / "data" / "train.parquet"), str(tiny_model_dir), limit)
+    assert fit.rows == 60 and fit.over == 0, fit.warning(mix)
+    assert fit.longest <= learning.evaluate.__defaults__[-1]  # the final evaluation does not cut them either

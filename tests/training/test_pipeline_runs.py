@@ -185,3 +185,15 @@ def test_inputs_are_the_values_that_name_files(tmp_path):
     got = inputs_digest([str(spec), 0.5, None, "norm1", str(tmp_path / "missing.yaml")])
     assert got == {str(spec): file_sha256(spec)}
     assert inputs_digest([str(spec)], {str(spec): "recorded"}) == {str(spec): "recorded"}  # hashed once
+
+
+def test_a_plain_run_checks_answer_lengths_and_a_rehearsal_does_not(fake, monkeypatch):
+    go, launches, run, _ = fake
+    seen: list[str] = []
+    monkeypatch.setattr(P, "warn_cut_answers", lambda recipe, model, echo: seen.append(recipe.name) or [])
+    go()
+    assert seen == ["two"]  # before the first stage, once
+    # A rehearsal passes its own preflight (its response lengths are cut on purpose and listed).
+    P.run_pipeline(load_recipe(run.parent / "two.yaml"), run.parent / "run2", echo=lambda s: None,
+                   preflight=lambda recipe, model: None)
+    assert seen == ["two"]

@@ -108,8 +108,11 @@ def grpo_curve(stage_dir: str | Path, rescore: bool = False) -> list[ValPoint]:
 
 
 def evaluate(model_dir: str | Path, val_parquet: str | Path, out_dir: str | Path, reward: Any,
-             step: int = 0, train_s: float = 0.0, max_new_tokens: int = 64) -> ValPoint:
-    """Greedy answers of an HF folder on the validation parquet, scored by `medrl eval`."""
+             step: int = 0, train_s: float = 0.0, max_new_tokens: int = 80) -> ValPoint:
+    """Greedy answers of an HF folder on the validation parquet, scored by `medrl eval`.
+
+    80 tokens: a three-box answer of the VinDr-like mix is up to 66 (64 cut its last box).
+    """
     from medrl.evaluation.eval_pipeline import RunConfig, run_eval
 
     cfg = RunConfig(data=str(val_parquet), out=str(out_dir), reward=reward, batch_size=32,

@@ -35,6 +35,7 @@ import psutil
 
 from medrl.atomic import write_json
 from medrl.processes import RUN_MARKER, clean_leftovers, run_logged
+from medrl.training.answer_length import warn_cut_answers
 from medrl.training.algorithms import refuse_errors, stage_report
 from medrl.training.env import metrics_env, run_env
 from medrl.training.fingerprint import (digest, file_sha256, inputs_digest, length_changed, source_digest,
@@ -238,7 +239,8 @@ def run_pipeline(
 
     Each PPO stage's algorithm keys are printed and checked first (`medrl.training.algorithms`:
     an error stops here); `check_algorithms=False` skips that for a caller that checked already.
-    `preflight(recipe, model)` runs once the model and data exist, before the first stage.
+    `preflight(recipe, model)` runs once the model and data exist, before the first stage; without
+    one, `medrl.training.answer_length.warn_cut_answers` checks the answers fit the response length.
     `timeout_s` limits each launched command (default: `MEDRL_STAGE_TIMEOUT_S`, else none).
     """
     run_dir = Path(run_dir).resolve()
@@ -298,6 +300,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, selected: list[Stage], manifest: 
     write_json(manifest_path, manifest)
     if preflight is not None:
         preflight(recipe, model)
+    else:  # a plain run: warn when the response length cuts the reference answers (a rehearsal cuts it on purpose)
+        warn_cut_answers(recipe, model, echo)
 
     last_merged, upstream, code = None, {}, code_version()
     # Each input file is hashed once: the data files' hashes are the manifest's.
