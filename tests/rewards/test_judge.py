@@ -40,26 +40,29 @@ class FakeJudgeServer:
                     outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                # A request leaves the in-flight count before its reply is sent: once the client has
+                # the reply it may send its next request, and this thread may not have run again yet
+                # on a busy machine (counted after the write, a limit of 3 was seen as 4).
                 try:
                     status, text = outer.reply(body)
-                    if status != 200:
-                        self.send_response(status)
-                        self.end_headers()
-                        return
-                    out = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                                      "choices": [{"index": 0, "finish_reason": "stop",
-                                                   "message": {"role": "assistant", "content": text}}]}).encode()
-                    try:
-                        self.send_response(200)
-                        self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(out)))
-                        self.end_headers()
-                        self.wfile.write(out)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass  # the client timed out and left
                 finally:
                     with outer._lock:
                         outer.in_flight -= 1
+                if status != 200:
+                    self.send_response(status)
+                    self.end_headers()
+                    return
+                out = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
+                                  "choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": text}}]}).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and left
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
