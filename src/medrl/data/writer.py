@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medrl.atomic import atomic_path
+from medrl.data.arrow_rows import RowRef, assemble, image_bytes
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 EMBEDDED_IMAGE = pa.struct([("bytes", pa.binary())])
@@ -102,11 +103,11 @@ class RowGroupWriter:
         self._writer = pq.ParquetWriter(tmp, self.schema)
         return self
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: dict[str, Any] | RowRef) -> None:
         """Buffer one row; a full buffer becomes one row group."""
         self._buffer.append(row)
-        for image in row.get("images") or ():
-            self._buffer_bytes += len(image.get("bytes") or b"")
+        # A row built in a worker arrives as a RowRef into that worker's Arrow table.
+        self._buffer_bytes += row.nbytes if type(row) is RowRef else image_bytes(row)
         if len(self._buffer) >= self.row_group_size or self._buffer_bytes >= self.max_group_bytes:
             self.flush()
 
@@ -114,7 +115,10 @@ class RowGroupWriter:
         """Write the buffered rows as one row group."""
         if not self._buffer:
             return
-        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        if type(self._buffer[0]) is RowRef:
+            table = assemble(self._buffer, self.schema)
+        else:
+            table = pa.Table.from_pylist(self._buffer, schema=self.schema)
         self._writer.write_table(table, row_group_size=len(self._buffer))
         self.rows_written += len(self._buffer)
         self._buffer.clear()
