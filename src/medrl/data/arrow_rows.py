@@ -61,17 +61,24 @@ def refs(data: bytes | None, nbytes: list[int]) -> list[RowRef]:
     return [RowRef(table, i, n) for i, n in enumerate(nbytes)]
 
 
+def _rows(table: pa.Table, idx: list[int]) -> pa.Table:
+    """The rows `idx` of `table`: a zero-copy slice when they are consecutive (no shuffle), else a take."""
+    if idx[-1] - idx[0] == len(idx) - 1 and all(b - a == 1 for a, b in zip(idx, idx[1:])):
+        return table.slice(idx[0], len(idx))
+    return table.take(pa.array(idx, pa.int64()))  # take costs about 0.3 ms a call on these nested types
+
+
 def assemble(buffer: Sequence[RowRef], schema: pa.Schema) -> pa.Table:
     """The buffered rows as one table, in buffer order, with the main process's extra_info keys set."""
     parts, run_table, run_idx = [], None, []
-    for ref in buffer:  # consecutive rows of one worker table are taken in one call
+    for ref in buffer:  # rows of one worker table in a row are taken in one call
         if ref.table is not run_table:
             if run_idx:
-                parts.append(run_table.take(pa.array(run_idx, pa.int64())))
+                parts.append(_rows(run_table, run_idx))
             run_table, run_idx = ref.table, []
         run_idx.append(ref.i)
     if run_idx:
-        parts.append(run_table.take(pa.array(run_idx, pa.int64())))
+        parts.append(_rows(run_table, run_idx))
     table = pa.concat_tables(parts).combine_chunks()
     pos = schema.get_field_index("extra_info")
     info = table.column(pos).chunk(0) if table.column(pos).num_chunks else pa.array([], schema.field(pos).type)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 from pathlib import Path
 from typing import Any, Sequence
@@ -97,10 +98,16 @@ class RowGroupWriter:
         self._buffer_bytes = 0
         self._stack = contextlib.ExitStack()
         self._writer: pq.ParquetWriter | None = None
+        # Parquet encoding and compression run in a thread: pyarrow releases the GIL there, so a
+        # row group is encoded on the other core while the next one's rows are built. At most one
+        # row group waits for it (memory stays two row groups).
+        self._thread: cf.ThreadPoolExecutor | None = None
+        self._pending: cf.Future | None = None
 
     def __enter__(self) -> "RowGroupWriter":
         tmp = self._stack.enter_context(atomic_path(self.path))
         self._writer = pq.ParquetWriter(tmp, self.schema)
+        self._thread = self._stack.enter_context(cf.ThreadPoolExecutor(1, thread_name_prefix="parquet"))
         return self
 
     def write(self, row: dict[str, Any] | RowRef) -> None:
@@ -119,16 +126,29 @@ class RowGroupWriter:
             table = assemble(self._buffer, self.schema)
         else:
             table = pa.Table.from_pylist(self._buffer, schema=self.schema)
-        self._writer.write_table(table, row_group_size=len(self._buffer))
+        self._wait()
+        self._pending = self._thread.submit(self._writer.write_table, table, row_group_size=len(self._buffer))
         self.rows_written += len(self._buffer)
         self._buffer.clear()
         self._buffer_bytes = 0
+
+    def _wait(self) -> None:
+        """Wait for the row group being written (its error, if any, is raised here)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc_type is None:
                 self.flush()
+                self._wait()
+        except BaseException as err:  # the last row group failed: the file is not published
+            exc_type, exc, tb = type(err), err, err.__traceback__
+            raise
         finally:
+            if self._pending is not None:  # leaving on an error: let the write end before closing
+                cf.wait([self._pending])
             self._writer.close()
             # atomic_path renames on success and deletes the temp file on error.
             self._stack.__exit__(exc_type, exc, tb)
