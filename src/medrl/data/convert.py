@@ -133,9 +133,11 @@ def process_chunk(chunk: list[SourceRecord], builder: Builder, length_opts: Leng
         except RejectError as exc:
             out.append(("reject", Reject(exc.reason, exc.detail, source, position, rid)))
             continue
+        if not length_opts.active:  # no length filter: every row stays (the common case, no per-row loop)
+            out.append(("ok", rid, res.rows, res.sft_rows, res.dropped, []))
+            continue
         rows, bad = [], []
-        checks = length_checks(res.rows, length_opts) if length_opts.active else [(None, None)] * len(res.rows)
-        for row, (exc, _) in zip(res.rows, checks):
+        for row, (exc, _) in zip(res.rows, length_checks(res.rows, length_opts)):
             if exc is None:
                 rows.append(row)
             else:

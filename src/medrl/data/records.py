@@ -291,7 +291,9 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
                 detail = f"turn {turn}: {exc.detail}" if n_answers > 1 else exc.detail
                 raise RejectError(exc.reason, detail) from None
             truths.append(truth)
-            chat.append({"role": "assistant", "content": sft_reply(shown, opts, SFT_THINK[task])})
+            # The last answer is in no RL prompt: its think/answer form is only an SFT target.
+            content = sft_reply(shown, opts, SFT_THINK[task]) if opts.sft or turn < n_answers else shown
+            chat.append({"role": "assistant", "content": content})
         elif role == "user":
             chat.append({"role": "user", "content": _with_instruction(task, m["content"], opts)})
         else:
