@@ -249,7 +249,7 @@ def _relaxed_gc() -> Iterator[None]:
     """Fewer garbage collections while converting; the collector's settings come back afterwards.
 
     Every record makes a few dozen dicts and lists that die young and hold no cycles, so
-    CPython's default (a collection every 700 allocations, each walking every tracked object
+    CPython's default (a young collection every 700 allocations, and the older ones walking every object
     left from the imports) cost about 9 % of a conversion's CPU (medians of 3 paired runs, 100,000 records,
     --image_mode ref). Cycles (a rejected record's exception and traceback) are still collected,
     every GC_GEN0 allocations. Worker processes are forked with the same settings.
