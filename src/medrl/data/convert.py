@@ -191,8 +191,13 @@ def _run_chunks(chunks: Iterator[list], opts: ConvertOptions) -> Iterator[list[t
     # Workers send rows back as Arrow tables: unpickling and converting row dicts here
     # made this process the bottleneck (it ran at 0.95x the one-process wall time). The
     # inline chunks take the same form, so a row group never mixes dicts and RowRefs.
+    # A RowRef keeps its whole chunk's table alive, so only when rows leave in input order:
+    # a shuffle buffer or a val split would hold a row of many chunks each (with embedded
+    # X-rays, gigabytes), and there rows travel as dicts, as before.
+    in_order = not opts.shuffle and (opts.split_name or not opts.val_fraction)
     schemas = (rl_schema(opts.record.images.mode, opts.extra_fields),
-               sft_schema(opts.record.images.mode, opts.extra_fields) if opts.record.sft else None)
+               sft_schema(opts.record.images.mode, opts.extra_fields) if opts.record.sft else None) \
+        if in_order else None
     # Small inputs never pay for starting the pool: the first chunks run in this process.
     for _ in range(INLINE_CHUNKS):
         chunk = next(chunks, None)
