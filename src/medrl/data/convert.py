@@ -259,14 +259,15 @@ def _relaxed_gc() -> Iterator[None]:
     --image_mode ref). Cycles (a rejected record's exception and traceback) are still collected,
     every GC_GEN0 allocations. Worker processes are forked with the same settings.
     """
-    thresholds = gc.get_threshold()
+    thresholds, frozen_before = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()  # what is alive now (modules, the schema) is never walked again
     gc.set_threshold(GC_GEN0, thresholds[1], thresholds[2])
     try:
         yield
     finally:
         gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        if not frozen_before:  # a caller's own gc.freeze() stays as it was
+            gc.unfreeze()
 
 
 def convert(opts: ConvertOptions) -> dict:
