@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from medrl.atomic import write_json
 from medrl.data import arrow_rows
+from medrl.data.images import forget_references
 from medrl.data.length import LengthOptions, length_checks
 from medrl.data.readers import SourceRecord, read_records
 from medrl.data.records import RecordOptions, RecordResult, build_source_rows, record_dataset, record_id
@@ -272,6 +273,7 @@ def _relaxed_gc() -> Iterator[None]:
 
 def convert(opts: ConvertOptions) -> dict:
     """Run one conversion; returns the summary (also saved as JSON next to the outputs)."""
+    forget_references()  # ref mode remembers each file's verdict for one run, not across runs
     with _relaxed_gc():
         return _convert(opts)
 

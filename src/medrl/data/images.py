@@ -274,6 +274,11 @@ _HEADERS = LRU(65536)  # path -> (file identity, (width, height)) from header an
 _REF_INFOS = LRU(65536)
 
 
+def forget_references() -> None:
+    """Drop ref mode's remembered verdicts (each conversion run starts with none)."""
+    _REF_INFOS.clear()
+
+
 def _header_size(path: str) -> tuple[int, int]:
     """Size of a referenced file from its header; the file's end proves it whole (else a full check)."""
     try:
