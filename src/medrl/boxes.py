@@ -46,6 +46,11 @@ _POINTS_RE = re.compile(
     rf"\(\s{{0,8}}({_NUM})\s{{0,8}},\s{{0,8}}({_NUM})\s{{0,8}}\){_SEP}\(\s{{0,8}}({_NUM})\s{{0,8}},\s{{0,8}}({_NUM})\s{{0,8}}\)"
 )
 _NUM_RE = re.compile(_NUM)
+# The way datasets write boxes, `[0.12, 0.34, 0.56, 0.78]`: each such match is also a _BRACKET_RE
+# match of the same span and numbers, so a text whose every "[" starts one (and with no "(")
+# has exactly these candidates. One regex pass instead of two, about half the time.
+_D = r"(\d{1,30}(?:\.\d{1,30})?)"
+_PLAIN_BOX_RE = re.compile(rf"\[{_D}, {_D}, {_D}, {_D}\]")
 
 # Model output is untrusted and may be megabytes long: cap what we look at.
 MAX_TEXT_CHARS = 20_000
@@ -73,6 +78,11 @@ def find_box_candidates(text: str, limit: int = MAX_BOXES) -> list[BoxCandidate]
     """Find bracketed number lists and point pairs in `text`, in reading order."""
     if not isinstance(text, str) or not text:
         return []
+    if "(" not in text and len(text) <= MAX_TEXT_CHARS:
+        plain = [BoxCandidate((float(a), float(b), float(c), float(d)), m.start(), m.end(), "bracket")
+                 for m in _PLAIN_BOX_RE.finditer(text) for a, b, c, d in (m.groups(),)]
+        if len(plain) == text.count("["):
+            return plain[:limit]
     text = text[:MAX_TEXT_CHARS]
     found: list[BoxCandidate] = []
     taken: list[tuple[int, int]] = []
@@ -266,7 +276,12 @@ def truth_boxes_in_text(text: str, width: int | None = None, height: int | None 
     Boxes whose coordinates are all within [0, 1] are taken as normalised; any
     other box is read as pixels of the original image, which needs its size.
     """
-    return [_truth_floats(c.numbers, width, height) for c in find_box_candidates(text, limit=10_000)]
+    return truth_boxes_of(find_box_candidates(text, limit=10_000), width, height)
+
+
+def truth_boxes_of(cands: Sequence[BoxCandidate], width: int | None = None, height: int | None = None) -> list[Box]:
+    """`truth_boxes_in_text` of candidates already found (a caller that also rewrites them finds them once)."""
+    return [_truth_floats(c.numbers, width, height) for c in cands]
 
 
 def read_truth_boxes(value: Any, width: int | None = None, height: int | None = None,

@@ -243,3 +243,18 @@ def test_reject_log_is_published_on_success_and_on_kept_exceptions(tmp_path, rai
     assert [f.name for f in tmp_path.iterdir()] == (["rejects.jsonl"] if published else [])  # no temp file left
     if published:
         assert [r["id"] for r in jsonl.read(path)] == ["r3"]
+
+
+def test_ref_mode_remembers_a_files_verdict_for_one_run_only(tmp_path):
+    _png(tmp_path / "img/0.png")
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([_rec(0), _rec(1, image="img/0.png")]))
+
+    def run(out):
+        return convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / out), progress=False,
+                                      record=RecordOptions(images=ImageOptions(mode="ref"))))
+
+    assert run("a")["rows_written"] == {"train": 2}
+    (tmp_path / "img/0.png").write_bytes(b"not an image")  # replaced between two runs of one process
+    s = run("b")
+    assert s["rejected"] == 2 and "rows_written" in s and not s["rows_written"].get("train")

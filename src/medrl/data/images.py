@@ -184,6 +184,19 @@ def _encode_png(im) -> bytes:
 
 def load_image(spec: Any, opts: ImageOptions, base_dir: str | None = None) -> ImageInfo:
     """Turn one image reference (path, file URI, data URI, bytes, or {"bytes"/"path"}) into an ImageInfo."""
+    if opts.mode == "ref" and type(spec) is str:
+        # A file named by several records is resolved and probed once a run: its size, URI and
+        # verdict are remembered under the reference itself (one lookup for each later record).
+        key = (spec, base_dir, opts)
+        info = _REF_INFOS.get(key)
+        if info is None:
+            info = _load_image(spec, opts, base_dir)
+            _REF_INFOS.put(key, info)
+        return info
+    return _load_image(spec, opts, base_dir)
+
+
+def _load_image(spec: Any, opts: ImageOptions, base_dir: str | None) -> ImageInfo:
     data: bytes | None = None
     path: str | None = None
     if isinstance(spec, dict):
@@ -255,6 +268,15 @@ def _checked_size(data: bytes, origin: str, verify: bool = True) -> tuple[int, i
 
 _VERIFIED = LRU(65536)  # path -> (file identity, (width, height)) of files whose every byte was checked
 _HEADERS = LRU(65536)  # path -> (file identity, (width, height)) from header and end (ref mode)
+# (reference, base folder, options) -> ImageInfo of ref mode. Unlike _HEADERS it does not stat the
+# file again on a hit (a third of a cached record's image cost): a file replaced during a run
+# keeps its first verdict, as it would had it been replaced just after the run.
+_REF_INFOS = LRU(65536)
+
+
+def forget_references() -> None:
+    """Drop ref mode's remembered verdicts (each conversion run starts with none)."""
+    _REF_INFOS.clear()
 
 
 def _header_size(path: str) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medrl.boxes import BoxError, box_text, find_box_candidates, truth_boxes_in_text, truth_json
+from medrl.boxes import BoxError, box_text, find_box_candidates, truth_boxes_of, truth_json
 from medrl.data import rejects
 from medrl.data.images import ImageInfo, ImageOptions, load_image
 from medrl.data.readers import SourceRecord
@@ -195,8 +195,9 @@ def grounding_truth(answer: str, width: int | None, height: int | None, rewrite:
     A box-less answer is a no-finding truth when it states no finding by the rewards' rule
     (`medrl.no_finding`), and a reject otherwise.
     """
+    cands = find_box_candidates(answer, limit=10_000)
     try:
-        boxes = truth_boxes_in_text(answer, width, height)
+        boxes = truth_boxes_of(cands, width, height)
     except BoxError as exc:
         raise RejectError(str(exc), answer[:200]) from exc
     if not boxes:
@@ -206,7 +207,6 @@ def grounding_truth(answer: str, width: int | None, height: int | None, rewrite:
     if not rewrite:
         return truth_json(boxes), answer
     text = answer
-    cands = find_box_candidates(answer, limit=10_000)
     for cand, box in sorted(zip(cands, boxes), key=lambda cb: -cb[0].start):
         text = text[: cand.start] + box_text(box) + text[cand.end:]
     return truth_json(boxes), text.strip()
@@ -291,7 +291,9 @@ def build_rows(data: Any, source: str, position: int, opts: RecordOptions) -> Re
                 detail = f"turn {turn}: {exc.detail}" if n_answers > 1 else exc.detail
                 raise RejectError(exc.reason, detail) from None
             truths.append(truth)
-            chat.append({"role": "assistant", "content": sft_reply(shown, opts, SFT_THINK[task])})
+            # The last answer is in no RL prompt: its think/answer form is only an SFT target.
+            content = sft_reply(shown, opts, SFT_THINK[task]) if opts.sft or turn < n_answers else shown
+            chat.append({"role": "assistant", "content": content})
         elif role == "user":
             chat.append({"role": "user", "content": _with_instruction(task, m["content"], opts)})
         else:

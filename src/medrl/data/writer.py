@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medrl.atomic import atomic_path
+from medrl.data.arrow_rows import RowRef, assemble, image_bytes
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 EMBEDDED_IMAGE = pa.struct([("bytes", pa.binary())])
@@ -96,17 +98,23 @@ class RowGroupWriter:
         self._buffer_bytes = 0
         self._stack = contextlib.ExitStack()
         self._writer: pq.ParquetWriter | None = None
+        # Parquet encoding and compression run in a thread: pyarrow releases the GIL there, so a
+        # row group is encoded on the other core while the next one's rows are built. At most one
+        # row group waits for it (memory stays two row groups).
+        self._thread: cf.ThreadPoolExecutor | None = None
+        self._pending: cf.Future | None = None
 
     def __enter__(self) -> "RowGroupWriter":
         tmp = self._stack.enter_context(atomic_path(self.path))
         self._writer = pq.ParquetWriter(tmp, self.schema)
+        self._thread = self._stack.enter_context(cf.ThreadPoolExecutor(1, thread_name_prefix="parquet"))
         return self
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: dict[str, Any] | RowRef) -> None:
         """Buffer one row; a full buffer becomes one row group."""
         self._buffer.append(row)
-        for image in row.get("images") or ():
-            self._buffer_bytes += len(image.get("bytes") or b"")
+        # A row built in a worker arrives as a RowRef into that worker's Arrow table.
+        self._buffer_bytes += row.nbytes if type(row) is RowRef else image_bytes(row)
         if len(self._buffer) >= self.row_group_size or self._buffer_bytes >= self.max_group_bytes:
             self.flush()
 
@@ -114,17 +122,33 @@ class RowGroupWriter:
         """Write the buffered rows as one row group."""
         if not self._buffer:
             return
-        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
-        self._writer.write_table(table, row_group_size=len(self._buffer))
+        if type(self._buffer[0]) is RowRef:
+            table = assemble(self._buffer, self.schema)
+        else:
+            table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        self._wait()
+        self._pending = self._thread.submit(self._writer.write_table, table, row_group_size=len(self._buffer))
         self.rows_written += len(self._buffer)
         self._buffer.clear()
         self._buffer_bytes = 0
+
+    def _wait(self) -> None:
+        """Wait for the row group being written (its error, if any, is raised here)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc_type is None:
                 self.flush()
+                self._wait()
+        except BaseException as err:  # the last row group failed: the file is not published
+            exc_type, exc, tb = type(err), err, err.__traceback__
+            raise
         finally:
+            if self._pending is not None:  # leaving on an error: let the write end before closing
+                cf.wait([self._pending])
             self._writer.close()
             # atomic_path renames on success and deletes the temp file on error.
             self._stack.__exit__(exc_type, exc, tb)
