@@ -62,3 +62,27 @@ def test_verl_sees_the_cpu_platform_engines_and_rollout():
     assert got["engine"] == "CPUFSDPEngineWithLMHead" and got["critic"] == "CPUFSDPEngineWithValueHead"
     assert got["adapter"] == "HFServerAdapter" and got["replica"] == "HFReplica"
     assert got["reduced"] == [1.0, 1.0] and got["mem"] and got["available"] is False
+
+
+SAMPLER_PROBE = textwrap.dedent(
+    """
+    import json, torch
+    from torch._dynamo.utils import counters
+    from vllm.v1.sample.ops.topk_topp_sampler import compiled_random_sample
+
+    logits = torch.full((64, 5), -30.0)
+    logits[:, 3] = 30.0  # one token holds all the probability
+    picked = compiled_random_sample(logits)
+    print(json.dumps({"picked": sorted(set(picked.tolist())), "compiled": sum(counters["frames"].values())}))
+    """
+)
+
+
+@pytest.mark.verl_load
+def test_vllms_cpu_sampler_runs_without_a_compile_step_in_a_cpu_run():
+    """The environment of a CPU run keeps vLLM's sampler out of inductor (13-14 s per engine start)."""
+    out = subprocess.run([sys.executable, "-c", SAMPLER_PROBE], env=run_env("cpu"), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"picked": [3], "compiled": 0}

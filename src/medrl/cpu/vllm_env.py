@@ -20,6 +20,12 @@ def engine_env(kv_cache_gib: int | None = 1) -> dict[str, str]:
         # vLLM binds its OpenMP threads to cores by default; several engines and the FSDP workers
         # share a small host, and binding them all to the same cores serialises them.
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        # vLLM's CPU sampler is the one piece it compiles under enforce_eager (inductor, in
+        # topk_topp_sampler.compiled_random_sample), again in every engine process: 13-14 s of a
+        # core per engine start, most of a tiny model's engine start (18 s -> 5 s measured, 2 cores,
+        # 2026-12-04). Run eagerly, it draws from the same distribution. Every medrl CPU process
+        # gets this, so no other compile step sneaks into a rehearsal either.
+        "TORCHDYNAMO_DISABLE": "1",
     }
     if kv_cache_gib is not None:
         # vLLM's CPU KV cache is sized in GiB by this variable (gpu_memory_utilization is ignored

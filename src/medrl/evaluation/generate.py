@@ -153,6 +153,11 @@ class VLLMGenerator:
             # vLLM on a CPU: its KV-cache size and thread binding come from the environment; no
             # CUDA graphs to capture (eager); fp32 like the transformers path on a CPU.
             apply_engine_env()
+            # torch read TORCHDYNAMO_DISABLE when transformers first imported it: read it again,
+            # because this engine runs in this process.
+            import torch._dynamo
+
+            torch._dynamo.config.disable = os.environ.get("TORCHDYNAMO_DISABLE") == "1"
             kwargs.update(enforce_eager=True, dtype="float32")
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.llm = LLM(model=model_path, limit_mm_per_prompt={"image": max(1, max_images)}, **kwargs)
