@@ -52,12 +52,17 @@ PROBE = textwrap.dedent(
 )
 
 
-@pytest.mark.verl_load
-def test_verl_sees_the_cpu_platform_engines_and_rollout():
-    out = subprocess.run([sys.executable, "-c", PROBE], env=run_env("cpu"), capture_output=True, text=True,
+def _probe(script: str) -> dict:
+    """Run `script` in the environment of a CPU run; its last line of output, parsed as JSON."""
+    out = subprocess.run([sys.executable, "-c", script], env=run_env("cpu"), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.verl_load
+def test_verl_sees_the_cpu_platform_engines_and_rollout():
+    got = _probe(PROBE)
     assert got["device"] == "cpu" and got["backend"] == "gloo" and got["ray"] == "GPU"
     assert got["engine"] == "CPUFSDPEngineWithLMHead" and got["critic"] == "CPUFSDPEngineWithValueHead"
     assert got["adapter"] == "HFServerAdapter" and got["replica"] == "HFReplica"
@@ -81,8 +86,4 @@ SAMPLER_PROBE = textwrap.dedent(
 @pytest.mark.verl_load
 def test_vllms_cpu_sampler_runs_without_a_compile_step_in_a_cpu_run():
     """The environment of a CPU run keeps vLLM's sampler out of inductor (13-14 s per engine start)."""
-    out = subprocess.run([sys.executable, "-c", SAMPLER_PROBE], env=run_env("cpu"), capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got == {"picked": [3], "compiled": 0}
+    assert _probe(SAMPLER_PROBE) == {"picked": [3], "compiled": 0}

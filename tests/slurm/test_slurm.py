@@ -327,7 +327,9 @@ def test_worker_that_exits_ends_the_job_at_once_naming_it(local_slurm, tmp_path)
 
 @pytest.mark.slow
 def test_worker_that_never_joins_ends_the_job_at_the_wait_limit(local_slurm, tmp_path):
-    wait = 60  # shared by the head's start (up to ~30 s on a busy 2-core machine) and the workers
+    # Shared by the head's start (up to ~30 s on a busy 2-core machine; 8-10 s in CI, whose slow
+    # tier runs one test at a time) and the workers.
+    wait = 45
     job = Job(local_slurm, tmp_path, "r", "--ray-wait", str(wait), "--simulate-workers", "1",
               "--worker-start", "sleep 600", "--command", "echo SHOULD-NOT-RUN")
     state = job.wait(240)

@@ -112,6 +112,7 @@ if __name__ == "__main__":
 
 @pytest.fixture(scope="module")
 def sync_result(tmp_path_factory, tiny_model_dir, repo_root):
+    from medrl.cpu.vllm_env import apply_engine_env
     from medrl.training.tiny_model import build_tiny_model
 
     tmp = tmp_path_factory.mktemp("vllm-sync")
@@ -119,9 +120,10 @@ def sync_result(tmp_path_factory, tiny_model_dir, repo_root):
     script = tmp / "sync_probe.py"
     script.write_text(SCRIPT)
     image = sorted((repo_root / "examples" / "sample" / "images").glob("*.png"))[0]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VERL_RAY_JOB_ID": f"medrl-test-{os.getpid()}",
-           "VERL_REPLICA_RANK": "0", "VERL_PLATFORM": "cpu",
-           "VERL_USE_EXTERNAL_MODULES": "medrl.cpu.backend"}
+    # The environment every medrl vLLM CPU engine gets (1 GiB KV cache, no compile step).
+    env = apply_engine_env({**os.environ, "VERL_RAY_JOB_ID": f"medrl-test-{os.getpid()}",
+                            "VERL_REPLICA_RANK": "0", "VERL_PLATFORM": "cpu",
+                            "VERL_USE_EXTERNAL_MODULES": "medrl.cpu.backend"})
     rc, out = run_limited([sys.executable, str(script), str(tiny_model_dir), str(model_b), str(image)],
                           tmp / "probe.log", 900, env)
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
