@@ -168,6 +168,17 @@ def test_corrupt_png_is_unreadable(tmp_path):
     assert e.value.reason == rejects.UNREADABLE_IMAGE and "bad.png" in e.value.detail
 
 
+def test_an_unidentifiable_image_is_named_without_a_memory_address(tmp_path):
+    # PIL says "cannot identify image file <_io.BytesIO object at 0x7f...>": the same reject must
+    # read the same in every run of a report.
+    (tmp_path / "junk.png").write_bytes(b"not an image at all" * 4)
+    with pytest.raises(RejectError) as e:
+        load_image("junk.png", ImageOptions(), str(tmp_path))
+    assert e.value.reason == rejects.UNREADABLE_IMAGE
+    assert "junk.png" in e.value.detail and "cannot identify image file the image bytes" in e.value.detail
+    assert " at 0x" not in e.value.detail
+
+
 def test_report_and_vqa_truths_are_the_reference_text(png, tmp_path):
     png()
     (row,) = build(rec("  The lungs are clear.  ", question="<image>\nWrite the report."), tmp_path,

@@ -12,6 +12,7 @@ import functools
 import io
 import math
 import os
+import re
 import stat
 import zlib
 from dataclasses import dataclass
@@ -157,7 +158,15 @@ def _open_checked(data: bytes, origin: str, verify: bool):
             im.load()
         return im
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise RejectError(rejects.UNREADABLE_IMAGE, f"{origin}: {type(exc).__name__}: {exc}") from exc
+        raise RejectError(rejects.UNREADABLE_IMAGE, f"{origin}: {type(exc).__name__}: {_no_address(exc)}") from exc
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
+
+
+def _no_address(exc: BaseException) -> str:
+    """PIL's message without the repr of our in-memory buffer: its address differs per run and record."""
+    return _OBJECT_REPR.sub("the image bytes", str(exc))
 
 
 def downscale(im, max_pixels: int):
