@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from medrl.atomic import atomic_open
-from medrl.processes import end_run, orphaned_shm, remove_shm, shm_segments
+from medrl.processes import LEFTOVER_PREFIXES, end_run, orphaned_shm, remove_shm, shm_segments
 from medrl.training import learning
 from medrl.bench.algorithm_arms import ALGORITHMS, BASE_RECIPE, algorithm_arms, check_arm, shrunk
 from medrl.bench.budget_trainer import BUDGET_ENV, MODULE, TRAINER_MODE
@@ -177,7 +177,7 @@ def _run_once(stage: str, overrides: list[str], stage_dir: Path, model: str, dat
     stage_dir.mkdir(parents=True, exist_ok=True)
     seen: dict[int, float] = {}
     began = None
-    shm_before = shm_segments()
+    shm_before = shm_segments(LEFTOVER_PREFIXES)
     with open(stage_dir / "train.log", "a", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 bufsize=1, start_new_session=True)
@@ -198,9 +198,9 @@ def _run_once(stage: str, overrides: list[str], stage_dir: Path, model: str, dat
         rc = proc.wait()
     if train_budget_s is not None:
         # A trainer stopped at its budget leaves what SIGTERM did not reach: Ray's processes and
-        # the multiprocessing semaphores in /dev/shm (two per arm before this cleanup).
+        # /dev/shm files nobody holds, the multiprocessing semaphores included (two per arm).
         end_run(proc.pid, None)
-        remove_shm(orphaned_shm(shm_segments() - shm_before))
+        remove_shm(orphaned_shm(shm_segments(LEFTOVER_PREFIXES) - shm_before, prefixes=LEFTOVER_PREFIXES))
     if rc != 0 and train_budget_s is None:
         kind = StartupError if not seen else RuntimeError
         raise kind(f"{stage_dir.name} failed (exit {rc}); see {stage_dir / 'train.log'}")

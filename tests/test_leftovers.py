@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ import uuid
 import psutil
 from conftest import SESSION, session_processes, stray_processes
 
-from medrl.processes import SHM, describe, orphaned_shm
+from medrl.processes import LEFTOVER_PREFIXES, SHM, clean_leftovers, describe, orphaned_shm
 
 
 def _detached_sleeper() -> psutil.Process:
@@ -65,6 +66,33 @@ def test_shared_memory_nobody_holds_is_orphaned_and_held_memory_is_not():
         holder.wait()
         free.unlink(missing_ok=True)
         held.unlink(missing_ok=True)
+
+
+def _orphaned_semaphore() -> str:
+    """A multiprocessing semaphore whose creator exited before its finalizer could unlink it.
+
+    Its resource tracker would unlink it; a SIGKILLed process group loses the tracker too, which
+    unregistering stands for here.
+    """
+    code = ("import multiprocessing as mp, os; from multiprocessing import resource_tracker as rt; "
+            "lock = mp.get_context('spawn').Lock(); name = lock._semlock.name; rt.unregister(name, 'semaphore'); "
+            "print(name.lstrip('/'), flush=True); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return "sem." + out.stdout.strip()
+
+
+def test_an_orphaned_semaphore_is_a_leftover_kind_that_a_restart_removes(tmp_path):
+    name = _orphaned_semaphore()
+    assert name.startswith("sem.mp-") and (SHM / name).exists()
+    try:
+        assert name not in orphaned_shm({name})  # not a shared-memory segment: the default kinds skip it
+        assert name in orphaned_shm({name}, prefixes=LEFTOVER_PREFIXES)
+        old = time.time() - 120  # a restart removes only what is over a minute old
+        os.utime(SHM / name, (old, old))
+        _, removed = clean_leftovers(tmp_path, echo=lambda s: None)
+        assert name in removed and not (SHM / name).exists()
+    finally:
+        (SHM / name).unlink(missing_ok=True)
 
 
 def test_a_process_that_became_a_zombie_is_described_without_raising():

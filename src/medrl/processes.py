@@ -27,6 +27,12 @@ SHM = Path("/dev/shm")
 # Python's multiprocessing.shared_memory names (vLLM's message queues, verl's weight buckets) and
 # torch's file-descriptor segments: the kinds a killed run leaves behind.
 SHM_PREFIXES = ("psm_", "torch_")
+# multiprocessing's named semaphores. bench_learning's GRPO arms leave two each, created during the
+# vLLM engine cores' start and held by no process from then on (measured 2026-12-04: 37 after 18 arms);
+# the source is not found yet. Removed by a run's restart cleanup and by the bench, not yet part of
+# the test suite's per-test check (see the stop-29 closing note).
+SEMAPHORE_PREFIX = "sem.mp-"
+LEFTOVER_PREFIXES = SHM_PREFIXES + (SEMAPHORE_PREFIX,)
 
 
 class RunTimeout(RuntimeError):
@@ -162,10 +168,10 @@ def end_run(pgid: int, run_dir: str | None, grace_s: float = 10) -> list[psutil.
     return terminate(procs.values(), grace_s)
 
 
-def shm_segments() -> set[str]:
-    """Names of the shared-memory segments of the kinds a killed run leaves in /dev/shm."""
+def shm_segments(prefixes: tuple[str, ...] = SHM_PREFIXES) -> set[str]:
+    """Names of the /dev/shm files of these kinds (default: the shared-memory segments a killed run leaves)."""
     try:
-        return {p.name for p in SHM.iterdir() if p.name.startswith(SHM_PREFIXES)}
+        return {p.name for p in SHM.iterdir() if p.name.startswith(prefixes)}
     except OSError:
         return set()
 
@@ -187,9 +193,11 @@ def shm_in_use() -> set[str]:
     return used
 
 
-def orphaned_shm(candidates: Iterable[str] | None = None, older_than_s: float = 0.0) -> list[str]:
-    """Segments (of `candidates`, default all of the leftover kinds) that no live process holds."""
-    names = shm_segments() if candidates is None else set(candidates) & shm_segments()
+def orphaned_shm(candidates: Iterable[str] | None = None, older_than_s: float = 0.0,
+                 prefixes: tuple[str, ...] = SHM_PREFIXES) -> list[str]:
+    """Files of these kinds (of `candidates`, default all of them) in /dev/shm that no live process holds."""
+    present = shm_segments(prefixes)
+    names = present if candidates is None else set(candidates) & present
     if not names:
         return []
     used = shm_in_use()
@@ -225,7 +233,7 @@ def clean_leftovers(run_dir: str | os.PathLike, echo: Callable[[str], None] = pr
     described = [describe(p) for p in procs]
     terminate(procs, grace_s=0)
     # Only segments that nobody maps and that are not brand new (another program may be about to map one).
-    segs = remove_shm(orphaned_shm(older_than_s=60))
+    segs = remove_shm(orphaned_shm(older_than_s=60, prefixes=LEFTOVER_PREFIXES))
     if described or segs:
         echo(f"[cleanup] ended {len(described)} leftover process(es) of an earlier run in {run_dir} and removed "
              f"{len(segs)} orphaned shared-memory segment(s)")
