@@ -9,13 +9,12 @@ demo: setup
 	.venv/bin/medrl demo --out runs/demo
 
 # Set up from scratch, then run the whole test suite (what CI runs): the fast tier on both cores,
-# then the slow tier (end-to-end verl runs, each taking the whole machine) one test at a time.
-# Two at a time was measured and is slower on 2 cores: each verl run took 1.5-2.6x as long, and
-# two two-rank runs reached Ray's memory limit (24 GB).
-# Measured on a quiet 2-core machine (cached setup, 2026-12-03): 37 min 39 s (fast tier 108 s, slow tier 36 min), on a day verl launches ran 30-50 % slower than the day before.
+# then the slow tier on two workers: one runs the verl and vLLM runs one at a time (two at once
+# were measured slower on 2 cores, 1.5-2.6x each, and two two-rank runs reached Ray's memory limit),
+# the other the rest beside it: a local Slurm's jobs, worker processes, merges (tests/conftest.py).
 test: setup
 	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
-	.venv/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -m slow -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # The quick loop: no end-to-end verl run, no vLLM engine, no verl dataset load over many rows
 # (markers slow and verl_load), on both cores. Measured on a quiet 2-core machine: 70 s (949 tests).

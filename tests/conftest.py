@@ -79,6 +79,24 @@ def pytest_configure(config):
                                        "(10-40 s each; in `make test`'s parallel tier, not in `make test-fast`)")
 
 
+# The slow tier runs on two xdist workers (`--dist loadgroup`, Makefile). The verl and vLLM runs
+# (each keeps 1-2 cores busy) form one group, so one worker runs them one at a time: two at once
+# were measured 1.5-2.6x slower each, and two two-rank runs reached Ray's memory limit. The other
+# worker takes the rest, mostly waits (a local Slurm's jobs, worker processes, merges), one module
+# at a time since their tests share a module's fixture (the local Slurm is one per process).
+VERL_RUN_MODULES = {"test_training_cpu_e2e", "test_training_wiring", "test_training_rehearse",
+                    "test_training_vllm_sync", "test_eval_vllm", "test_judge_vllm"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Group the slow tests for the slow tier's two workers (see VERL_RUN_MODULES)."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("verl_runs" if module in VERL_RUN_MODULES else module))
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes(request):
     """Fail a test that leaves processes (outside pytest's own tree) or shared memory behind."""

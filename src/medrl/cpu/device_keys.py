@@ -71,6 +71,9 @@ CPU_PPO: dict[str, Setting] = {
     "+actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype": Setting(
         "fp32", "a CPU gains nothing from bf16, and the rollout computes in fp32"),
     "reward.num_workers": Setting(1, "reward workers are processes: one is enough on 2 cores"),
+    # Measured 2026-12-04: verl's default forks 8 loader processes of the TaskRunner for every pass
+    # over the data (each validation, each epoch), 17 processes at once on 2 cores.
+    "data.dataloader_num_workers": Setting(0, "loader worker processes only cost start-up and memory here"),
     "trainer.device": Setting("cpu", "verl would silently pick cuda"),
     "transfer_queue.backend.SimpleStorage.num_data_storage_units": Setting(
         1, "verl's default 8 storage units cannot be scheduled on a 2-CPU Ray and hang silently"),
