@@ -79,22 +79,37 @@ def pytest_configure(config):
                                        "(10-40 s each; in `make test`'s parallel tier, not in `make test-fast`)")
 
 
-# The slow tier runs on two xdist workers (`--dist loadgroup`, Makefile). The verl and vLLM runs
-# (each keeps 1-2 cores busy) form one group, so one worker runs them one at a time: two at once
-# were measured 1.5-2.6x slower each, and two two-rank runs reached Ray's memory limit. The other
-# worker takes the rest, mostly waits (a local Slurm's jobs, worker processes, merges), one module
-# at a time since their tests share a module's fixture (the local Slurm is one per process).
+# The slow tier runs on two xdist workers (`--dist loadscope`, Makefile): each module is one unit
+# of work (its tests share the module's fixture: a verl run, the local Slurm, which is one per
+# process), and the modules below, whose tests launch verl or vLLM (each run keeps 1-2 cores busy),
+# form a single unit, so one worker runs them one at a time: two at once were measured 1.5-2.6x
+# slower each, and two two-rank runs reached Ray's memory limit. The other worker takes the rest
+# beside it, mostly waits: a local Slurm's jobs, worker processes, merges.
 VERL_RUN_MODULES = {"test_training_cpu_e2e", "test_training_wiring", "test_training_rehearse",
                     "test_training_vllm_sync", "test_eval_vllm", "test_judge_vllm"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Group the slow tests for the slow tier's two workers (see VERL_RUN_MODULES)."""
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("verl_runs" if module in VERL_RUN_MODULES else module))
+def _scheduling():
+    from xdist.scheduler import LoadScopeScheduling
+
+    class VerlRunsTogether(LoadScopeScheduling):
+        """xdist's loadscope, with every VERL_RUN_MODULES test in one scope."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "verl_runs" if Path(module).stem in VERL_RUN_MODULES else module
+
+    return VerlRunsTogether
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent without xdist
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` (the slow tier): the verl and vLLM runs as one unit of work (VERL_RUN_MODULES)."""
+    # (xdist's own `loadgroup` does not group under pytest 9: it renames item._nodeid, which pytest 9
+    # no longer reads; measured with xdist 3.8.0, pytest 9.2.0.)
+    if config.getoption("dist") == "loadscope":
+        return _scheduling()(config, log)
+    return None
 
 
 @pytest.fixture(autouse=True)
