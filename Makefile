@@ -14,7 +14,7 @@ demo: setup
 # the other the rest beside it: a local Slurm's jobs, worker processes, merges (tests/conftest.py).
 test: setup
 	.venv/bin/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
-	.venv/bin/python -m pytest -q -m slow -n 2 --dist loadscope $(PYTEST_ARGS)
+	MEDRL_VERL_RUNS_NICE=10 .venv/bin/python -m pytest -q -m slow -n 2 --dist loadscope $(PYTEST_ARGS)
 
 # The quick loop: no end-to-end verl run, no vLLM engine, no verl dataset load over many rows
 # (markers slow and verl_load), on both cores. Measured on a quiet 2-core machine: 70 s (949 tests).

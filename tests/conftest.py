@@ -112,6 +112,22 @@ def pytest_xdist_make_scheduler(config, log):
     return None
 
 
+@pytest.fixture(scope="module", autouse=True)
+def verl_runs_yield_to_waits(request):
+    """With MEDRL_VERL_RUNS_NICE (the slow tier, Makefile), VERL_RUN_MODULES run at that niceness.
+
+    The other worker's tests mostly wait, but what they wait for needs the CPU promptly: a local
+    Slurm job's Ray head took 66 s to start beside a verl run at equal priority (8-10 s alone), past
+    the tests' wait limits. Niced, the verl runs take what the waits leave. The whole worker
+    process stays niced (niceness cannot be lowered again without privileges), and every process
+    it starts inherits it. Module scope, so it comes before a module's own run fixture.
+    """
+    want = int(os.environ.get("MEDRL_VERL_RUNS_NICE", "0") or 0)
+    if want and Path(str(request.module.__file__)).stem in VERL_RUN_MODULES and os.nice(0) < want:
+        os.nice(want - os.nice(0))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes(request):
     """Fail a test that leaves processes (outside pytest's own tree) or shared memory behind."""
