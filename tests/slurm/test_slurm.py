@@ -231,7 +231,10 @@ class Job:
         self.cluster = cluster
         self.ray_tmp = f"/tmp/mrl-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths are limited
         self.log = tmp_path / f"{name}.out"
-        self.tmpdir = tmp_path / "tmpdir"  # where the script keeps its own state
+        # Where the script keeps its own state; also the job's TMPDIR, where Python's forkserver
+        # (Ray's dashboard) binds a socket: under tmp_path an xdist worker's longer path passed the
+        # 107-byte AF_UNIX limit, and the Ray head then waited 60 s for a dashboard that had failed.
+        self.tmpdir = Path(f"/tmp/mrl-{uuid.uuid4().hex[:8]}-tmp")
         self.tmpdir.mkdir()
         # Fixed options first: `args` may end with `-- overrides`.
         self.script = render_cli(tmp_path, "--venv", str(VENV), "--ray-tmp", self.ray_tmp,
@@ -261,9 +264,11 @@ class Job:
                 break
             time.sleep(1)
         left = ray_processes(self.ray_tmp)
+        state_left = list(self.tmpdir.glob("medrl-slurm-*"))
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
         assert not left, f"job {self.id} left processes behind: {left}"
-        assert not list(self.tmpdir.glob("medrl-slurm-*")), f"job {self.id} left its state behind"
+        assert not state_left, f"job {self.id} left its state behind: {state_left}"
 
     def text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
