@@ -79,55 +79,6 @@ def pytest_configure(config):
                                        "(10-40 s each; in `make test`'s parallel tier, not in `make test-fast`)")
 
 
-# The slow tier runs on two xdist workers (`--dist loadscope`, Makefile): each module is one unit
-# of work (its tests share the module's fixture: a verl run, the local Slurm, which is one per
-# process), and the modules below, whose tests launch verl or vLLM (each run keeps 1-2 cores busy),
-# form a single unit, so one worker runs them one at a time: two at once were measured 1.5-2.6x
-# slower each, and two two-rank runs reached Ray's memory limit. The other worker takes the rest
-# beside it, mostly waits: a local Slurm's jobs, worker processes, merges.
-VERL_RUN_MODULES = {"test_training_cpu_e2e", "test_training_wiring", "test_training_rehearse",
-                    "test_training_vllm_sync", "test_eval_vllm", "test_judge_vllm"}
-
-
-def _scheduling():
-    from xdist.scheduler import LoadScopeScheduling
-
-    class VerlRunsTogether(LoadScopeScheduling):
-        """xdist's loadscope, with every VERL_RUN_MODULES test in one scope."""
-
-        def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "verl_runs" if Path(module).stem in VERL_RUN_MODULES else module
-
-    return VerlRunsTogether
-
-
-@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent without xdist
-def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadscope` (the slow tier): the verl and vLLM runs as one unit of work (VERL_RUN_MODULES)."""
-    # (xdist's own `loadgroup` does not group under pytest 9: it renames item._nodeid, which pytest 9
-    # no longer reads; measured with xdist 3.8.0, pytest 9.2.0.)
-    if config.getoption("dist") == "loadscope":
-        return _scheduling()(config, log)
-    return None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def verl_runs_yield_to_waits(request):
-    """With MEDRL_VERL_RUNS_NICE (the slow tier, Makefile), VERL_RUN_MODULES run at that niceness.
-
-    The other worker's tests mostly wait, but what they wait for needs the CPU promptly: a local
-    Slurm job's Ray head took 66 s to start beside a verl run at equal priority (8-10 s alone), past
-    the tests' wait limits. Niced, the verl runs take what the waits leave. The whole worker
-    process stays niced (niceness cannot be lowered again without privileges), and every process
-    it starts inherits it. Module scope, so it comes before a module's own run fixture.
-    """
-    want = int(os.environ.get("MEDRL_VERL_RUNS_NICE", "0") or 0)
-    if want and Path(str(request.module.__file__)).stem in VERL_RUN_MODULES and os.nice(0) < want:
-        os.nice(want - os.nice(0))
-    yield
-
-
 @pytest.fixture(autouse=True)
 def no_leftover_processes(request):
     """Fail a test that leaves processes (outside pytest's own tree) or shared memory behind."""

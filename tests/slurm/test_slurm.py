@@ -232,8 +232,8 @@ class Job:
         self.ray_tmp = f"/tmp/mrl-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths are limited
         self.log = tmp_path / f"{name}.out"
         # Where the script keeps its own state; also the job's TMPDIR, where Python's forkserver
-        # (Ray's dashboard) binds a socket: under tmp_path an xdist worker's longer path passed the
-        # 107-byte AF_UNIX limit, and the Ray head then waited 60 s for a dashboard that had failed.
+        # (Ray's dashboard) binds a socket: short, as under a longer tmp_path (an xdist worker's) it
+        # passed the 107-byte AF_UNIX limit and the Ray head waited 60 s for a dashboard that had failed.
         self.tmpdir = Path(f"/tmp/mrl-{uuid.uuid4().hex[:8]}-tmp")
         self.tmpdir.mkdir()
         # Fixed options first: `args` may end with `-- overrides`.

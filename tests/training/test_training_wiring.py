@@ -27,7 +27,6 @@ import sys
 import pytest
 
 from medrl.training import wiring
-from medrl.training.recipes import load_recipe
 
 TOY_REWARD = '''
 import hashlib
@@ -37,6 +36,12 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     return int(hashlib.md5(f"{solution_str}|{ground_truth}".encode()).hexdigest()[:8], 16) / 16**8
 '''
 FAULTS = "2:shuffle_rewards,3:swap_images,4:mix_groups,5:stale_weights"
+GROUPS, GROUP_SIZE = 4, 4
+WIRING_SIZES = (f"data.train_batch_size={GROUPS}", f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
+                f"actor_rollout_ref.actor.ppo_mini_batch_size={GROUPS}",  # one update per step, as cpu_tiny
+                # As cpu_tiny, a rank's whole share (of its 2 ranks) in one micro-batch.
+                f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={GROUPS * GROUP_SIZE // 2}",
+                f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={GROUPS * GROUP_SIZE // 2}")
 
 
 # ---- fast: each check on hand-made records ---------------------------------------------------
@@ -141,9 +146,12 @@ def reports(tmp_path_factory):
                     "--no_progress"], check=True, capture_output=True)
     trace, recipe = wiring.run_traced(
         str(model), str(tmp / "data" / "train.parquet"), tmp / "run", steps=5, faults=FAULTS,
-        # cpu_tiny's own batch, group size and updates; the bundled sample's prompts are up to 406
+        # cpu_tiny's GRPO with a smaller batch: groups, images, rewards and the weight sync travel
+        # the same code at any size (cpu_tiny's own 16 x 8 runs in the e2e test), and 4 groups of
+        # 4 took the five steps from 96 s to about 30. The bundled sample's prompts are up to 406
         # tokens (cpu_tiny's generated data: about 80).
-        overrides=(f"reward.path={reward}", "data.max_prompt_length=448", "data.max_response_length=24"),
+        overrides=(f"reward.path={reward}", "data.max_prompt_length=448", "data.max_response_length=24",
+                   *WIRING_SIZES),
         echo=lambda line: print(line, flush=True))
     reps = wiring.check_run(trace, recipe)
     print(wiring.format_report(reps))
@@ -155,9 +163,7 @@ def test_clean_step_passes_every_check(reports):
     rep = reports[1]
     assert rep.fault is None
     assert rep.passed, wiring.format_report([rep])
-    grpo = load_recipe("cpu_tiny").stage("grpo").overrides
-    groups, n = grpo["data.train_batch_size"], grpo["actor_rollout_ref.rollout.n"]
-    assert f"{groups} groups of {n}:" in rep.check("groups").detail
+    assert f"{GROUPS} groups of {GROUP_SIZE}:" in rep.check("groups").detail
 
 
 @pytest.mark.slow
