@@ -196,9 +196,9 @@ def test_seeded_sample_is_the_same_wherever_the_data_lies(tmp_path):
 
 
 def test_worker_processes_give_the_same_rows_in_the_same_order(tmp_path):
-    from medrl.data import convert as convert_mod
+    from medrl.data import chunks as chunks_mod
 
-    n = (convert_mod.INLINE_CHUNKS + 3) * convert_mod.CHUNK  # enough to start the worker pool
+    n = (chunks_mod.INLINE_CHUNKS + 3) * chunks_mod.CHUNK  # enough to start the worker pool
     path = _corpus(tmp_path, n=n)
     for w in (1, 2):
         convert(ConvertOptions(inputs=[str(path)], output_dir=str(tmp_path / f"w{w}"), workers=w, val_fraction=0.2,

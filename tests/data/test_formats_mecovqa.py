@@ -169,20 +169,20 @@ def test_strict_discards_parquet_but_keeps_rejects(tmp_path):
 
 
 def test_worker_processes_and_shuffle_give_the_sequential_rows(tmp_path, repo_root, monkeypatch):
-    from medrl.data import convert
+    from medrl.data import chunks
 
     shutil.copytree(repo_root / "examples/mecovqa", tmp_path / "src")
     files = [tmp_path / "src" / f"MeCoVQA-{k}.json" for k in ("Complex", "Region", "Grounding")]
-    monkeypatch.setattr(convert, "INLINE_CHUNKS", 0)  # start the pool even for 12 records
-    monkeypatch.setattr(convert, "CHUNK", 2)
+    monkeypatch.setattr(chunks, "INLINE_CHUNKS", 0)  # start the pool even for 12 records
+    monkeypatch.setattr(chunks, "CHUNK", 2)
     sent = []
 
-    class Pool(convert.cf.ProcessPoolExecutor):
+    class Pool(chunks.cf.ProcessPoolExecutor):
         def submit(self, fn, *args, **kwargs):
             sent.append(args[1])  # the builder each chunk travels with
             return super().submit(fn, *args, **kwargs)
 
-    monkeypatch.setattr(convert.cf, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(chunks.cf, "ProcessPoolExecutor", Pool)
     common = ["--image_root", tmp_path / "src", "--val_fraction", "0.3", "--sft", "--no_progress"]
     for w in ("1", "2"):
         assert run_cli("mecovqa", *files, "--output_dir", tmp_path / f"w{w}", "--workers", w, *common) == 0

@@ -1,7 +1,8 @@
 """The conversion pipeline: read -> filter -> select -> build rows -> length filter -> split -> write.
 
 Memory stays flat in the input size: records stream from the readers, a bounded
-number of chunks is in flight in the worker processes, and rows leave in row groups.
+number of chunks is in flight in the worker processes (`medrl.data.chunks`), and rows
+leave in row groups.
 
 Formats whose rows are not plain LLaVA rows (MeCoVQA, change pairs) run through the same
 pipeline with their own hooks in `ConvertOptions`: a `reader`, a `builder` (record ->
@@ -11,7 +12,6 @@ receive it) and the `extra_fields` their rows add to extra_info.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import gc
 import hashlib
@@ -19,56 +19,19 @@ import heapq
 import random
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
-
-import pyarrow as pa
+from typing import Iterable, Iterator
 
 from medrl.atomic import write_json
-from medrl.data import arrow_rows
+from medrl.data.chunks import chunk_results, passes_filter, stream, unpack
+# Builder and Reader are re-exported: formats name their hooks' types from here.
+from medrl.data.convert_options import HOOKS, Builder, ConvertOptions, Reader  # noqa: F401
 from medrl.data.images import forget_references
-from medrl.data.length import LengthOptions, length_checks
-from medrl.data.readers import SourceRecord, read_records
-from medrl.data.records import RecordOptions, RecordResult, build_source_rows, record_dataset, record_id
-from medrl.data.rejects import Reject, RejectError, RejectLog
+from medrl.data.readers import SourceRecord
+from medrl.data.records import record_id
+from medrl.data.rejects import Reject, RejectLog
 from medrl.data.writer import RowGroupWriter, rl_schema, sft_schema
-
-CHUNK = 64  # records per task sent to a worker process
-INLINE_CHUNKS = 4  # chunks converted in the main process before worker processes start
-HOOKS = ("builder", "reader", "extra_fields", "task_label")  # ConvertOptions fields a format sets, not a user
-
-Builder = Callable[[SourceRecord], RecordResult]
-Reader = Callable[[str], Iterator["SourceRecord | Reject"]]
-
-
-@dataclass
-class ConvertOptions:
-    """One conversion run."""
-
-    inputs: list[str]
-    output_dir: str
-    record: RecordOptions = field(default_factory=RecordOptions)
-    length: LengthOptions = field(default_factory=LengthOptions)
-    input_format: str = "auto"
-    dataset_filter: list[str] | None = None
-    limit: int | None = None
-    shuffle: bool = False
-    seed: int = 42
-    shuffle_buffer: int = 256
-    val_fraction: float = 0.0
-    split_name: str | None = None  # write everything to <split_name>.parquet instead of train/val
-    row_group_size: int = 512
-    workers: int = 1
-    strict: bool = False
-    progress: bool = True
-    # Format hooks (see the module docstring). A builder carries its own RecordOptions.
-    builder: Builder | None = None  # None: the LLaVA builder with `record`
-    reader: Reader | None = None  # None: read_records(path, input_format); inputs may then be folders
-    extra_fields: Sequence[tuple[str, pa.DataType]] = ()  # extra_info columns beyond writer.EXTRA_INFO
-    task_label: str | None = None  # summary "task" and progress label (default: record.task)
-
 
 class StrictFailure(Exception):
     """--strict and at least one record was rejected: outputs are discarded."""
@@ -86,24 +49,11 @@ def _shuffle_key(seed: int, item: SourceRecord) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{rid}".encode(), digest_size=8).digest(), "big")
 
 
-def _stream(opts: ConvertOptions) -> Iterator[SourceRecord | Reject]:
-    for path in opts.inputs:
-        yield from (opts.reader(path) if opts.reader else read_records(path, opts.input_format))
-
-
-def _passes_filter(item: SourceRecord, opts: ConvertOptions) -> bool:
-    if not opts.dataset_filter:
-        return True
-    if not isinstance(item.data, dict):
-        return True  # let the record builder reject it with its reason
-    return record_dataset(item.data, opts.record.dataset_key) in opts.dataset_filter
-
-
 def _pick_sample(opts: ConvertOptions) -> set[tuple[str, int]]:
     """First pass for --shuffle --limit N: the N records with the smallest seeded hash (O(N) memory)."""
     heap: list[tuple[int, str, int]] = []  # max-heap via negated keys
-    for item in _stream(opts):
-        if isinstance(item, Reject) or not _passes_filter(item, opts):
+    for item in stream(opts):
+        if isinstance(item, Reject) or not passes_filter(item, opts):
             continue
         key = -_shuffle_key(opts.seed, item)
         if len(heap) < opts.limit:
@@ -111,108 +61,6 @@ def _pick_sample(opts: ConvertOptions) -> set[tuple[str, int]]:
         elif key > heap[0][0]:
             heapq.heapreplace(heap, (key, item.source, item.position))
     return {(s, p) for _, s, p in heap}
-
-
-def builder_of(opts: ConvertOptions) -> Builder:
-    """The run's record builder: `opts.builder`, or the LLaVA builder with `opts.record`."""
-    return opts.builder or partial(build_source_rows, opts=opts.record)
-
-
-def process_chunk(chunk: list[SourceRecord], builder: Builder, length_opts: LengthOptions,
-                  schemas: tuple[pa.Schema, pa.Schema | None] | None = None) -> list[tuple]:
-    """Worker: build and length-check the rows of a few records; never raises for bad records.
-
-    With `schemas` (RL, SFT) the chunk's rows leave as two Arrow tables (`arrow_rows`): the
-    last item is then ("tables", rl table, rl row bytes, sft table, sft row bytes) and each
-    record's rows and sft_rows are row counts, which `_unpack` turns back into RowRefs.
-    """
-    out = []
-    for item in chunk:
-        source, position = item.source, item.position
-        rid = record_id(item.data, source, position) if isinstance(item.data, dict) else None
-        try:
-            res = builder(item)
-        except RejectError as exc:
-            out.append(("reject", Reject(exc.reason, exc.detail, source, position, rid)))
-            continue
-        if not length_opts.active:  # no length filter: every row stays (the common case, no per-row loop)
-            out.append(("ok", rid, res.rows, res.sft_rows, res.dropped, []))
-            continue
-        rows, bad = [], []
-        for row, (exc, _) in zip(res.rows, length_checks(res.rows, length_opts)):
-            if exc is None:
-                rows.append(row)
-            else:
-                turn = row["extra_info"]["turn"]
-                bad.append(Reject(exc.reason, f"turn {turn}: {exc.detail}", source, position, rid))
-        sft_rows = res.sft_rows if not bad else []  # the SFT row holds every turn, long ones too
-        out.append(("ok", rid, rows, sft_rows, res.dropped, bad))
-    if schemas is None:
-        return out
-    rl = [r for res in out if res[0] == "ok" for r in res[2]]
-    sft = [r for res in out if res[0] == "ok" for r in res[3]]
-    out = [res if res[0] != "ok" else (*res[:2], len(res[2]), len(res[3]), *res[4:]) for res in out]
-    return out + [("tables", *arrow_rows.to_table(rl, schemas[0]), *arrow_rows.to_table(sft, schemas[1]))]
-
-
-def _unpack(results: list[tuple]) -> list[tuple]:
-    """A chunk's results with the row counts of `process_chunk(..., schemas)` turned into RowRefs."""
-    if not results or results[-1][0] != "tables":
-        return results
-    _, rl_table, rl_bytes, sft_table, sft_bytes = results[-1]
-    rl, sft = arrow_rows.refs(rl_table, rl_bytes), arrow_rows.refs(sft_table, sft_bytes)
-    out, a, b = [], 0, 0
-    for res in results[:-1]:
-        if res[0] == "ok":
-            n_rl, n_sft = res[2], res[3]
-            res = (*res[:2], rl[a:a + n_rl], sft[b:b + n_sft], *res[4:])
-            a, b = a + n_rl, b + n_sft
-        out.append(res)
-    return out
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk = []
-    for it in items:
-        chunk.append(it)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _run_chunks(chunks: Iterator[list], opts: ConvertOptions) -> Iterator[list[tuple]]:
-    """Process chunks in order, in worker processes with a bounded window (memory stays flat)."""
-    builder = builder_of(opts)
-    if opts.workers <= 1:
-        for chunk in chunks:
-            yield process_chunk(chunk, builder, opts.length)
-        return
-    # Workers send rows back as Arrow tables: unpickling and converting row dicts here
-    # made this process the bottleneck (it ran at 0.95x the one-process wall time). The
-    # inline chunks take the same form, so a row group never mixes dicts and RowRefs.
-    # A RowRef keeps its whole chunk's table alive, so only when rows leave in input order:
-    # a shuffle buffer or a val split would hold a row of many chunks each (with embedded
-    # X-rays, gigabytes), and there rows travel as dicts, as before.
-    in_order = not opts.shuffle and (opts.split_name or not opts.val_fraction)
-    schemas = (rl_schema(opts.record.images.mode, opts.extra_fields),
-               sft_schema(opts.record.images.mode, opts.extra_fields) if opts.record.sft else None) \
-        if in_order else None
-    # Small inputs never pay for starting the pool: the first chunks run in this process.
-    for _ in range(INLINE_CHUNKS):
-        chunk = next(chunks, None)
-        if chunk is None:
-            return
-        yield _unpack(process_chunk(chunk, builder, opts.length, schemas))
-    with cf.ProcessPoolExecutor(max_workers=opts.workers) as pool:
-        window: deque = deque()
-        for chunk in chunks:
-            window.append(pool.submit(process_chunk, chunk, builder, opts.length, schemas))
-            if len(window) >= 2 * opts.workers:
-                yield _unpack(window.popleft().result())
-        while window:
-            yield _unpack(window.popleft().result())
 
 
 class _ShuffleBuffer:
@@ -302,31 +150,13 @@ def _convert(opts: ConvertOptions) -> dict:
     filtered: Counter = Counter()
     failed = None
 
-    def accepted() -> Iterator[tuple]:
-        taken = 0
-        for item in _stream(opts):
-            counts["records_read"] += 1
-            bar.update(1)
-            if isinstance(item, Reject):
-                log.add(item)
-                continue
-            if not _passes_filter(item, opts):
-                filtered["dataset_filter"] += 1
-                continue
-            if sample is not None and (item.source, item.position) not in sample:
-                filtered["not in the seeded sample"] += 1
-                continue
-            if opts.limit and sample is None and taken >= opts.limit:
-                filtered["over --limit"] += 1
-                continue
-            taken += 1
-            yield item
-
     writers: dict[str, RowGroupWriter] = {}
     sft_writers: dict[str, RowGroupWriter] = {}
     # The rejects file is published even when --strict discards the parquet outputs.
     try:
-        with RejectLog(rejects_path, keep_on=(StrictFailure,)) as log, contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as workers, RejectLog(rejects_path, keep_on=(StrictFailure,)) as log, \
+                contextlib.ExitStack() as stack:
+            results = chunk_results(opts, sample, workers)  # forks before the writers' threads start
             for split, name in names.items():
                 writers[split] = stack.enter_context(
                     RowGroupWriter(out_dir / name, rl_schema(image_mode, opts.extra_fields), opts.row_group_size))
@@ -346,8 +176,14 @@ def _convert(opts: ConvertOptions) -> dict:
                     next_index[key] += 1
                     writer.write(row)
 
-            for results in _run_chunks(_chunks(accepted(), CHUNK), opts):
-                for res in results:
+            for tally, chunk in results:
+                counts["records_read"] += tally.read
+                bar.update(tally.read)
+                filtered.update(tally.filtered)
+                read_rejects = deque(tally.rejects)  # (records of the chunk before it, reject)
+                for i, res in enumerate(unpack(chunk)):
+                    while read_rejects and read_rejects[0][0] <= i:  # the reader's, at their place in the input
+                        log.add(read_rejects.popleft()[1])
                     if res[0] == "reject":
                         log.add(res[1])
                         continue
@@ -366,6 +202,8 @@ def _convert(opts: ConvertOptions) -> dict:
                         row["extra_info"]["split"] = split
                     emit(split, writers[split], [r for grp in buffers[split].push(rows) for r in grp])
                     emit(f"sft_{split}", sft_writers.get(split), sft_rows)
+                for _, r in read_rejects:
+                    log.add(r)
             for split, buf in buffers.items():
                 emit(split, writers[split], [r for grp in buf.drain() for r in grp])
             if opts.strict and log.total:
