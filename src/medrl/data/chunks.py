@@ -55,13 +55,17 @@ CHUNK = 64  # records a worker builds at a time
 # chunk's Arrow table costs about 0.3 ms to write and read whatever its size (100,000 records on 2
 # workers: 22,000 records/s at 64, 28,000 at 256, no better at 512 or 1,024; 2026-12-04).
 REF_CHUNK = 256
-INLINE_CHUNKS = 4  # chunks converted in the main process before worker processes start
+INLINE_CHUNKS = 4  # chunks a shuffled or split run converts here before its pool starts
+
+
 def stream(opts: ConvertOptions) -> Iterator[SourceRecord | Reject]:
+    """Every input's records (and the readers' rejects), in order."""
     for path in opts.inputs:
         yield from (opts.reader(path) if opts.reader else read_records(path, opts.input_format))
 
 
 def passes_filter(item: SourceRecord, opts: ConvertOptions) -> bool:
+    """The record's dataset is one `--dataset-filter` names (or there is no filter)."""
     if not opts.dataset_filter:
         return True
     if not isinstance(item.data, dict):
@@ -80,7 +84,7 @@ def process_chunk(chunk: list[SourceRecord], builder: Builder, length_opts: Leng
 
     With `schemas` (RL, SFT) the chunk's rows leave as two Arrow tables (`arrow_rows`): the
     last item is then ("tables", rl table, rl row bytes, sft table, sft row bytes) and each
-    record's rows and sft_rows are row counts, which `_unpack` turns back into RowRefs.
+    record's rows and sft_rows are row counts, which `unpack` turns back into RowRefs.
     """
     out = []
     for item in chunk:
@@ -183,7 +187,7 @@ def chunk_results(opts: ConvertOptions, sample: set | None,
         # pyarrow imports pandas the first time it converts Python objects (0.2 s a process):
         # once here, before the fork, instead of in every worker.
         pa.Table.from_pylist([], schema=schemas[0])
-        build = partial(_built_tables, builder=builder_of(opts), length=opts.length, schemas=schemas)
+        build = partial(process_chunk, builder=builder_of(opts), length_opts=opts.length, schemas=schemas)
         return iter(stack.enter_context(ShardedRun(partial(tallied_chunks, opts, sample), build, opts.workers)))
     return _local_chunks(opts, sample)
 
@@ -218,9 +222,3 @@ def _local_chunks(opts: ConvertOptions, sample: set | None) -> Iterator[tuple[Ta
         while window:
             tally, done = window.popleft()
             yield tally, done.result()
-
-
-def _built_tables(chunk: list, builder: Builder, length: LengthOptions,
-                  schemas: tuple[pa.Schema, pa.Schema | None]) -> list[tuple]:
-    """A worker's part: the chunk's results with its rows as Arrow tables (`process_chunk` with schemas)."""
-    return process_chunk(chunk, builder, length, schemas)
