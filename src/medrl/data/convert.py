@@ -198,10 +198,15 @@ def _convert(opts: ConvertOptions) -> dict:
                     # val_score is never below 0: without a val fraction the hash is not needed.
                     split = opts.split_name or (
                         "val" if opts.val_fraction > 0 and val_score(str(rid)) < opts.val_fraction else "train")
-                    for row in rows + sft_rows:
+                    for row in rows:
                         row["extra_info"]["split"] = split
-                    emit(split, writers[split], [r for grp in buffers[split].push(rows) for r in grp])
-                    emit(f"sft_{split}", sft_writers.get(split), sft_rows)
+                    # Without --shuffle the buffer hands each record's rows straight back: skip it.
+                    emit(split, writers[split],
+                         [r for grp in buffers[split].push(rows) for r in grp] if opts.shuffle else rows)
+                    if sft_rows:
+                        for row in sft_rows:
+                            row["extra_info"]["split"] = split
+                        emit(f"sft_{split}", sft_writers[split], sft_rows)
                 for _, r in read_rejects:
                     log.add(r)
             for split, buf in buffers.items():
