@@ -61,7 +61,7 @@ def add_convert_arguments(p: argparse.ArgumentParser, with_inputs: bool = True) 
                    help="rows per parquet row group")
     # One process by default (least memory, nothing forked). Workers read the input themselves and
     # each build every Nth chunk (medrl.data.shards): on 2 cores, --workers 2 converted 100,000
-    # records 1.1-1.4x as fast as one process (docs/benchmarks.md, issue 22).
+    # records 1.3x (embed) to 1.7x (ref) as fast as one process (docs/benchmarks.md, issue 22).
     o.add_argument("--workers", type=int, default=1,
                    help="worker processes that read the input and build rows (default 1: one process; "
                         "2 on a 2-core machine is faster)")
