@@ -75,6 +75,33 @@ def test_rows_picked_by_the_stated_rule():
     assert rl_change.pick_rows(before, []) == []
 
 
+def nofinding(key: str, acc: float, index: int = 0) -> dict:
+    """A scored no-finding row as `medrl eval` writes it: no IoU (None), acc@0.5 1 for a correct answer."""
+    return {"key": key, "index": index, "metrics": {"iou": None, "acc@0.5": acc}, "pred_boxes": [], "true_boxes": [],
+            "score": acc, "answer": "No finding", "ground_truth": "[]"}
+
+
+def test_no_finding_rows_count_in_acc50_but_not_in_miou():
+    # VinDr-like: 2 rows with a box, 2 without. mIoU as medrl eval reports it (rows with a true box):
+    # 0.2 -> 0.6 on both boxed rows, +0.4; counting no-finding rows as IoU 0 would give +0.2.
+    before = [rec("a", 0.2, [T], [T]), rec("b", 0.2, [T], [T]), nofinding("c", 1.0), nofinding("d", 0.0)]
+    after = [rec("a", 0.6, [T], [T]), rec("b", 0.6, [T], [T]), nofinding("c", 1.0), nofinding("d", 1.0)]
+    miou, acc, _ = rl_change.compare(before, after)
+    assert miou.n == 2 and miou.diff == pytest.approx(0.4) and miou.before == pytest.approx(0.2)
+    assert miou.se == pytest.approx(0.0)
+    assert acc.n == 4 and acc.diff == pytest.approx(0.75) and acc.before == pytest.approx(0.25)  # a, b, d rose
+
+
+def test_rows_picked_among_those_with_a_true_box():
+    before = [nofinding("n1", 1.0, 0), rec("a", 0.5, [T], [T], 1), nofinding("n2", 1.0, 2), rec("b", 0.5, [T], [T], 3),
+              rec("c", 0.5, [T], [T], 4), nofinding("n3", 1.0, 5)]
+    after = [nofinding("n1", 1.0, 0), rec("a", 0.2, [T], [T], 1), nofinding("n2", 1.0, 2), rec("b", 0.6, [T], [T], 3),
+             rec("c", 0.9, [T], [T], 4), nofinding("n3", 1.0, 5)]
+    assert [k for _, k in rl_change.pick_rows(before, after)] == ["a", "b", "c"]  # the median is b, not a no-finding row
+    only_none = [nofinding("n1", 1.0), nofinding("n2", 0.0, 1)]
+    assert [k for _, k in rl_change.pick_rows(only_none, only_none)] == ["n1", "n2"]  # no boxed rows: from all rows
+
+
 def test_table_has_a_row_per_metric():
     before = [rec(k, 0.3, [T], [T]) for k in "ab"]
     after = [rec(k, 0.6, [T], [T]) for k in "ab"]

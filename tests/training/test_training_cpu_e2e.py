@@ -212,7 +212,7 @@ def test_summary_has_the_reward_curve(run):
     assert "**What the curve does:** Validation mIoU went from" in text
     # The RL stage's paired changes, and the rows drawn by the stated rule.
     assert "| mIoU |" in text and "| acc@0.5 |" in text and "| box/true area |" in text
-    assert "Rule: rows picked by their IoU change across RL" in text and "median change" in text
+    assert "Rule: rows with a true box picked by their IoU change across RL" in text and "median change" in text
 
 
 @pytest.mark.slow

@@ -49,6 +49,10 @@ def _iou(rec: dict) -> float:
     return 0.0 if value is None or value != value else float(value)
 
 
+def _has_iou(rec: dict) -> bool:
+    return (rec.get("metrics") or {}).get("iou") is not None
+
+
 def _acc50(rec: dict) -> float:
     return float((rec.get("metrics") or {}).get("acc@0.5", 0.0) or 0.0)
 
@@ -62,12 +66,15 @@ def compare(before: Sequence[dict], after: Sequence[dict]) -> list[Change]:
     b = {r["key"]: r for r in before if "key" in r}
     a = {r["key"]: r for r in after if "key" in r}
     keys = sorted(set(b) & set(a))
+    # mIoU over the rows with a true box, as `medrl eval` reports it: a no-finding row has no IoU
+    # (None), and counting it as 0 before and after would shrink the change by the no-finding share.
+    boxed = [k for k in keys if _has_iou(b[k]) or _has_iou(a[k])]
     out = []
-    for metric, value in (("mIoU", _iou), ("acc@0.5", _acc50)):
-        xs, ys = [value(b[k]) for k in keys], [value(a[k]) for k in keys]
+    for metric, value, rows in (("mIoU", _iou, boxed), ("acc@0.5", _acc50, keys)):
+        xs, ys = [value(b[k]) for k in rows], [value(a[k]) for k in rows]
         diff, se = paired([y - x for x, y in zip(xs, ys)])
         out.append(Change(metric, statistics.fmean(xs) if xs else math.nan, statistics.fmean(ys) if ys else math.nan,
-                          diff, se, len(keys)))
+                          diff, se, len(rows)))
     sized = [(_area(b[k]), _area(a[k])) for k in keys]
     sized = [(x, y) for x, y in sized if x and y]  # rows with a matched box of some area, before and after
     diff, se = paired([math.log(y / x) for x, y in sized])
@@ -106,8 +113,8 @@ def table(changes: Sequence[Change]) -> list[str]:
     return lines
 
 
-PICK_RULE = ("rows picked by their IoU change across RL: the largest fall, the median change and the largest rise "
-             "(ties: the first in validation order)")
+PICK_RULE = ("rows with a true box picked by their IoU change across RL: the largest fall, the median change "
+             "and the largest rise (ties: the first in validation order)")
 
 
 def pick_rows(before: Sequence[dict], after: Sequence[dict]) -> list[tuple[str, str]]:
@@ -116,6 +123,8 @@ def pick_rows(before: Sequence[dict], after: Sequence[dict]) -> list[tuple[str, 
     a = {r["key"]: r for r in after if r.get("key") in b}
     if not a:
         return []
+    boxed = {k: r for k, r in a.items() if _has_iou(r) or _has_iou(b[k])}
+    a = boxed or a  # a no-finding row has no IoU to change: it would fill the middle of the ranking
     change = {k: _iou(a[k]) - _iou(b[k]) for k in a}
     ranked = [k for _, _, k in sorted((change[k], i, k) for i, k in enumerate(a))]  # stable on validation order
     picks = [("largest fall", ranked[0]), ("median change", ranked[(len(ranked) - 1) // 2]), ("largest rise", ranked[-1])]
