@@ -62,7 +62,8 @@ from typing import Any
 
 from medrl.atomic import atomic_open
 from medrl.processes import LEFTOVER_PREFIXES, end_run, orphaned_shm, remove_shm, shm_segments
-from medrl.training import learning
+from medrl import jsonl
+from medrl.training import learning, rl_change
 from medrl.bench.algorithm_arms import ALGORITHMS, BASE_RECIPE, algorithm_arms, check_arm, shrunk
 from medrl.bench.budget_trainer import BUDGET_ENV, MODULE, TRAINER_MODE
 from medrl.training.env import metrics_env, run_env, trainer_mode_overrides
@@ -400,7 +401,28 @@ def table(results: dict[int, dict], arms: list[str], out: Path) -> str:
     if all("grpo" in results[s] and "sft" in results[s] for s in seeds):
         margin = [results[s]["grpo"]["final"]["miou"] - results[s]["sft"]["final"]["miou"] for s in seeds]
         lines.append(f"grpo minus equal-time sft, per seed:     {', '.join(f'{m:+.3f}' for m in margin)}")
-    return "\n".join(lines + target_lines(results, arms, out))
+    return "\n".join(lines + paired_lines(results, arms, out) + target_lines(results, arms, out))
+
+
+def paired_lines(results: dict[int, dict], arms: list[str], out: Path) -> list[str]:
+    """Per arm, each seed's final model against its start on the same validation rows: the change, its paired
+    standard error and the verdict (a change within 2 standard errors is noise), as the run summary gives it."""
+    seeds = sorted(results)
+    lines = ["paired change of each final model against its start over the same validation rows "
+             "(mean, paired standard error, verdict), per seed:"]
+    for arm in arms:
+        have = [s for s in seeds if arm in results[s]]
+        if not have:
+            continue
+        per_metric: dict[str, list[str]] = {}
+        for s in have:
+            before = jsonl.read(final_eval_dir(out, s, "start", results[s]) / "scores.jsonl")
+            after = jsonl.read(final_eval_dir(out, s, arm, results[s]) / "scores.jsonl")
+            for c in rl_change.compare(before, after)[:2]:  # mIoU, acc@0.5
+                per_metric.setdefault(c.metric, []).append(
+                    "-" if math.isnan(c.se) else f"{c.diff:+.3f} ({c.se:.3f}, {rl_change.verdict(c.diff, c.se)})")
+        lines.append(f"  {arm:<14} " + "; ".join(f"{m} {', '.join(v)}" for m, v in per_metric.items()))
+    return lines
 
 
 # Issue 23's targets for a grounding spec against its SFT start, each the minimum (or range) over seeds.

@@ -150,6 +150,23 @@ def test_table_gives_min_median_max_over_seeds_and_margins_over_shuffled(bench, 
     assert "box/true area in [0.8, 1.25]: 2.00..2.40 (missed by 1.15)" in text
 
 
+def test_table_gives_each_seeds_paired_change_against_its_start(bench, tmp_path):
+    def scored(folder: Path, ious: list, accs: list) -> None:  # medrl eval's rows: key, metrics (None: no finding)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [{"key": f"{i}:r", "metrics": {"iou": iou, "acc@0.5": acc}, "pred_boxes": [], "true_boxes": []}
+                for i, (iou, acc) in enumerate(zip(ious, accs))]
+        (folder / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    results = {0: {"start": _final(0.3, 0.5, step=0), "grpo": {"curve": [], "final": _final(0.4, 0.75)}}}
+    scored(bench.final_eval_dir(tmp_path, 0, "start", results[0]), [0.2, 0.4, None, None], [0, 0, 1, 1])
+    # IoU diffs +0.3, +0.1 on the boxed rows (mean +0.2, SE 0.1): noise; acc diffs 1, 0, 0, 0 (mean 0.25, SE 0.25)
+    scored(bench.final_eval_dir(tmp_path, 0, "grpo", results[0]), [0.5, 0.5, None, None], [1, 0, 1, 1])
+    text = bench.table(results, ["grpo"], tmp_path)
+    assert "  grpo           mIoU +0.200 (0.100, noise); acc@0.5 +0.250 (0.250, noise)" in text
+    scored(bench.final_eval_dir(tmp_path, 0, "grpo", results[0]), [0.6, 0.8, None, None], [1, 1, 1, 1])
+    assert "mIoU +0.400 (0.000, up); acc@0.5 +0.500 (0.289, noise)" in bench.table(results, ["grpo"], tmp_path)
+
+
 def test_rescored_curve_measures_every_arm_by_eval_rules(tmp_path):
     stage = tmp_path / "grpo_giou"
     (stage / learning.VALIDATION_DIR).mkdir(parents=True)
