@@ -248,7 +248,7 @@ def warmup(seed_dir: Path, seed: int, steps: int, data: dict[str, str]) -> Path:
 def grpo_keys(stage_dir: Path, seed: int, budget_s: float, val_every: int, extra: list[str],
               algorithm: dict[str, Any] | None = None) -> list[str]:
     """The verl keys of a GRPO arm over cpu_tiny's GRPO stage: the bench's, the `algorithm`'s (shrunk), `extra`."""
-    keys = [f"trainer.total_training_steps=100000", f"trainer.test_freq={val_every}",
+    keys = ["trainer.total_training_steps=100000", f"trainer.test_freq={val_every}",
             "trainer.save_freq=100000",  # > 0: verl saves the last step only
             "trainer.val_before_train=True", f"trainer.validation_data_dir={stage_dir / learning.VALIDATION_DIR}",
             f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}"]
