@@ -143,16 +143,18 @@ def prepare_data(out: Path, n_train: int, n_val: int, mix: str = "one") -> dict[
 
 
 def run_stage(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str],
-              train_budget_s: float | None = None, attempts: int = 2) -> dict[int, float]:
+              train_budget_s: float | None = None, attempts: int = 2, save_every: int | None = None) -> dict[int, float]:
     """Run one stage of the cpu_tiny recipe from `model`; returns {step: seconds since step 1 began}.
 
     With `train_budget_s` the trainer is stopped once that much time has passed since its first
-    step began (the SFT arm: verl's SFT trainer has no time limit of its own). A launch that dies
-    before its first step (Ray's start-up timing out on a crowded machine) is tried again.
+    step began (the SFT arm: verl's SFT trainer has no time limit of its own); with `save_every` as
+    well, not before the first checkpoint saved at or after the budget, so the last saved model has
+    trained at least the budget. A launch that dies before its first step (Ray's start-up timing
+    out on a crowded machine) is tried again.
     """
     for attempt in range(1, attempts + 1):
         try:
-            return _run_once(stage, overrides, stage_dir, model, data, train_budget_s)
+            return _run_once(stage, overrides, stage_dir, model, data, train_budget_s, save_every)
         except StartupError as exc:
             if attempt == attempts:
                 raise
@@ -170,8 +172,23 @@ def cpu_tiny(stage: str, overrides: list[str], data: dict[str, str], run_dir: Pa
     return resolve_paths(apply_overrides(load_recipe("cpu_tiny"), keys), run_dir)
 
 
+def budget_done(seen: dict[int, float], budget_s: float | None, save_every: int | None) -> bool:
+    """Whether a budgeted trainer may stop now that it logged its last step in `seen` ({step: seconds}).
+
+    Without `save_every`: once the budget has passed. With it: once a step after the first save step
+    that reached the budget is logged (verl's SFT trainer logs a step, then saves it), so that
+    checkpoint is on disk and trained at least the budget.
+    """
+    if budget_s is None or not seen:
+        return False
+    if save_every is None:
+        return seen[max(seen)] >= budget_s
+    last = max(seen)
+    return any(step % save_every == 0 and t >= budget_s and step < last for step, t in seen.items())
+
+
 def _run_once(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str],
-              train_budget_s: float | None) -> dict[int, float]:
+              train_budget_s: float | None, save_every: int | None = None) -> dict[int, float]:
     recipe = cpu_tiny(stage, overrides, data, stage_dir.parent)
     cmd = build_command(recipe, recipe.stage(stage), stage_dir, model_path=model)
     env = {**run_env(recipe.device), **metrics_env(stage_dir)}
@@ -193,7 +210,7 @@ def _run_once(stage: str, overrides: list[str], stage_dir: Path, model: str, dat
                 seen[step] = now - began
                 if step % 10 == 0:
                     log(f"  [{stage_dir.name}] {step_line(line)}")
-                if train_budget_s is not None and seen[step] >= train_budget_s:
+                if budget_done(seen, train_budget_s, save_every):
                     os.killpg(proc.pid, signal.SIGTERM)  # this trainer's own process group
                     break
         rc = proc.wait()
@@ -301,22 +318,31 @@ def step_seconds(stage_dir: Path) -> float:
 
 
 def sft_arm(seed_dir: Path, start: Path, seed: int, train_s: float, data: dict[str, str], every: int) -> dict:
-    """SFT continued from `start` for `train_s` training seconds; checkpoints scored by `medrl eval`."""
+    """SFT continued from `start` for `train_s` training seconds (up to the next checkpoint, at most `every`
+    steps more); checkpoints scored by `medrl eval`."""
     stage_dir = seed_dir / "sft"
     times = run_stage("sft", sft_settings(seed + 1000, 100000, every), stage_dir, str(start), data,
-                      train_budget_s=train_s)
+                      train_budget_s=train_s, save_every=every)
     saved = sorted(int(p.name.split("_")[-1]) for p in (stage_dir / "checkpoints").glob("global_step_*"))
     curve = [learning.evaluate(merged("sft", stage_dir, step), data["val"], stage_dir / f"eval_{step}", str(SPEC),
                                step, times.get(step, math.nan)) for step in saved]
     return {"curve": curve, "final": curve[-1]}
 
 
+def start_for(starts: list[str] | None, seed: int) -> Path | None:
+    """The --start model of `seed`: the one given for every seed, or the seed's own (None: warm up)."""
+    if not starts:
+        return None
+    return Path(starts[0] if len(starts) == 1 else starts[seed]).resolve()
+
+
 def run_seed(out: Path, seed: int, args, data: dict[str, str]) -> dict:
     """All arms of one seed (finished arms are read back, not run again)."""
     seed_dir = out / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
-    # One warm-up shared by every seed (--start: the seeds then vary the arms only), or one per seed.
-    start = Path(args.start).resolve() if args.start else warmup(seed_dir, seed, args.sft_steps, data)
+    # A warm-up per seed, or --start: one model shared by every seed (the seeds then vary the arms only)
+    # or one per seed (each seed's own start, e.g. its warm-up trained on to a plateau).
+    start = start_for(args.start, seed) or warmup(seed_dir, seed, args.sft_steps, data)
     res_file = seed_dir / "results.json"
     res = json.loads(res_file.read_text()) if res_file.is_file() else {}
     if "start" not in res:
@@ -398,10 +424,21 @@ def table(results: dict[int, dict], arms: list[str], out: Path) -> str:
             continue
         margin = [results[s][arm]["final"]["miou"] - results[s]["shuffled"]["final"]["miou"] for s in seeds]
         lines.append(f"{arm} mIoU minus shuffled mIoU, per seed: {', '.join(f'{m:+.3f}' for m in margin)}")
-    if all("grpo" in results[s] and "sft" in results[s] for s in seeds):
-        margin = [results[s]["grpo"]["final"]["miou"] - results[s]["sft"]["final"]["miou"] for s in seeds]
-        lines.append(f"grpo minus equal-time sft, per seed:     {', '.join(f'{m:+.3f}' for m in margin)}")
-    return "\n".join(lines + paired_lines(results, arms, out) + target_lines(results, arms, out))
+    return "\n".join(lines + paired_lines(results, arms, out) + target_lines(results, arms, out)
+                     + beyond_sft_lines(results, out))
+
+
+def paired(change: rl_change.Change) -> str:
+    """A paired change as the tables print it: mean (paired standard error, verdict)."""
+    if math.isnan(change.se):
+        return "-"
+    return f"{change.diff:+.3f} ({change.se:.3f}, {rl_change.verdict(change.diff, change.se)})"
+
+
+def paired_change(out: Path, seed: int, res: dict, before: str, after: str) -> list[rl_change.Change]:
+    """mIoU and acc@0.5 of arm `after`'s final model against arm `before`'s, on the same validation rows."""
+    rows = [jsonl.read(final_eval_dir(out, seed, arm, res) / "scores.jsonl") for arm in (before, after)]
+    return rl_change.compare(*rows)[:2]
 
 
 def paired_lines(results: dict[int, dict], arms: list[str], out: Path) -> list[str]:
@@ -416,11 +453,8 @@ def paired_lines(results: dict[int, dict], arms: list[str], out: Path) -> list[s
             continue
         per_metric: dict[str, list[str]] = {}
         for s in have:
-            before = jsonl.read(final_eval_dir(out, s, "start", results[s]) / "scores.jsonl")
-            after = jsonl.read(final_eval_dir(out, s, arm, results[s]) / "scores.jsonl")
-            for c in rl_change.compare(before, after)[:2]:  # mIoU, acc@0.5
-                per_metric.setdefault(c.metric, []).append(
-                    "-" if math.isnan(c.se) else f"{c.diff:+.3f} ({c.se:.3f}, {rl_change.verdict(c.diff, c.se)})")
+            for c in paired_change(out, s, results[s], "start", arm):
+                per_metric.setdefault(c.metric, []).append(paired(c))
         lines.append(f"  {arm:<14} " + "; ".join(f"{m} {', '.join(v)}" for m, v in per_metric.items()))
     return lines
 
@@ -481,11 +515,14 @@ def main() -> int:
     ap.add_argument("--data", choices=DATA_SETS, default="one",
                     help="one finding per image, or a VinDr-like mix (about half no finding, the others 1-3)")
     ap.add_argument("--out", default="runs/bench_learning")
-    ap.add_argument("--start", default=None, metavar="HF_DIR",
-                    help="start every seed's arms from this SFT model instead of a warm-up per seed")
+    ap.add_argument("--start", nargs="+", default=None, metavar="HF_DIR",
+                    help="start every seed's arms from this SFT model instead of a warm-up per seed, "
+                         "or give one model per seed (seed 0's first)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra verl keys for the GRPO arms (to try a setting against the recipe's)")
     args = ap.parse_args()
+    if args.start and len(args.start) not in (1, args.seeds):
+        ap.error(f"--start: give one model for every seed or one per seed ({args.seeds}), not {len(args.start)}")
     try:
         algorithms = algorithm_arms(args.algorithm_arms)
         arms = arm_list(args.arms, reward_arms(args.reward_arms), algorithms)
@@ -521,3 +558,32 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# Issue 23 item 4: GRPO against continued SFT from a start that has plateaued.
+PLATEAU_GAIN = 0.01  # one more SFT budget (the sft arm) adds under this acc@0.5: the start has plateaued
+BEYOND_SFT = 0.03    # GRPO's acc@0.5 above equal-time SFT, the minimum over seeds
+
+
+def beyond_sft_lines(results: dict[int, dict], out: Path) -> list[str]:
+    """Per seed with both arms: whether its start had plateaued (the sft arm's acc@0.5 gain), and GRPO's final
+    model against equal-time SFT's on the same rows (paired); then item 4's target over those seeds."""
+    seeds = [s for s in sorted(results) if "grpo" in results[s] and "sft" in results[s]]
+    if not seeds:
+        return []
+    lines = ["grpo against equal-time sft on the same validation rows (mean, paired standard error, verdict), "
+             f"with the sft arm's own acc@0.5 gain (under +{PLATEAU_GAIN:g}: the start had plateaued):"]
+    leads, flat = [], 0
+    for s in seeds:
+        sft_gain = results[s]["sft"]["final"]["acc50"] - results[s]["start"]["acc50"]
+        plateaued = sft_gain < PLATEAU_GAIN
+        flat += plateaued
+        miou, acc = paired_change(out, s, results[s], "sft", "grpo")
+        leads.append(results[s]["grpo"]["final"]["acc50"] - results[s]["sft"]["final"]["acc50"])
+        lines.append(f"  seed {s}: sft acc@0.5 gain {sft_gain:+.3f} ({'plateaued' if plateaued else 'not plateaued'}); "
+                     f"grpo minus sft mIoU {paired(miou)}, acc@0.5 {paired(acc)}")
+    worst = min(leads)
+    verdict = "met" if worst >= BEYOND_SFT - 1e-12 else f"missed by {BEYOND_SFT - worst:.3f}"
+    lines.append(f"grpo over equal-time sft, worst seed: acc@0.5 {worst:+.3f} (>= +{BEYOND_SFT:g}: {verdict}); "
+                 f"starts plateaued: {flat} of {len(seeds)}")
+    return lines
