@@ -9,9 +9,12 @@ session every process still carrying the id fails the run, descendants included.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import uuid
 from pathlib import Path
+from types import ModuleType
 
 import psutil
 import pytest
@@ -52,6 +55,15 @@ def run_limited(cmd: list[str], log: Path, timeout_s: float, env: dict[str, str]
     """
     rc = run_logged(cmd, dict(os.environ if env is None else env), log, None, timeout_s)
     return rc, log.read_text(encoding="utf-8", errors="replace")
+
+
+def import_benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py as a module (the folder is on sys.path only while it imports)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
 
 
 def stray_processes(keep: set[int], grace_s: float = LEFTOVER_GRACE_S) -> list[str]:

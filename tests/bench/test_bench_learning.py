@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import import_benchmark
 import yaml
 
 from medrl.training import learning
@@ -19,12 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import bench_learning
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return bench_learning
+    return import_benchmark("bench_learning")
 
 
 def test_reward_arms_name_spec_files(bench, tmp_path):

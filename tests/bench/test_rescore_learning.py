@@ -8,18 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import import_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def rescore():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import rescore_learning
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return rescore_learning
+    return import_benchmark("rescore_learning")
 
 
 def test_each_arms_final_model_is_the_one_bench_learning_scored(rescore, tmp_path):
