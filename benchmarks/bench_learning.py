@@ -133,14 +133,19 @@ def prepare_data(out: Path, n_train: int, n_val: int, mix: str = "one") -> dict[
             raise ValueError(f"{data} holds the {made!r} data set, not {mix!r}: use another --out")
         return files
     for split, n, seed in (("train", n_train, 1), ("val", n_val, 2)):
-        src = out / "source" / split
-        subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "sample", "--grounding", "--answer", "short",
-                        "--mix", mix, "--n", str(n), "--seed", str(seed), "--out", str(src)], check=True)
-        subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "grounding", str(src / "grounding.json"),
-                        "--split_name", split, "--sft", "--no-instruction", "--output_dir", str(data),
-                        "--no_progress"], check=True, stdout=subprocess.DEVNULL)
+        generate(out / "source" / split, data, split, n, seed, mix, sft=True)
     marker.write_text(mix + "\n")
     return files
+
+
+def generate(src: Path, data: Path, split: str, n: int, seed: int, mix: str, sft: bool = False) -> None:
+    """`n` generated grounding images (generator `seed`, findings per image: `mix`) into `src`, converted by
+    `medrl prepare` into `data`/<split>.parquet (and the SFT rows, with `sft`)."""
+    subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "sample", "--grounding", "--answer", "short",
+                    "--mix", mix, "--n", str(n), "--seed", str(seed), "--out", str(src)], check=True)
+    subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "grounding", str(src / "grounding.json"),
+                    "--split_name", split, *(["--sft"] if sft else []), "--no-instruction", "--output_dir",
+                    str(data), "--no_progress"], check=True, stdout=subprocess.DEVNULL)
 
 
 def run_stage(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str],

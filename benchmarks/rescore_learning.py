@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from medrl.atomic import atomic_open
 from medrl.bench.learning_table import final_eval_dir, table
 from medrl.training import learning
 
-from bench_learning import SPEC, log, start_for
+from bench_learning import SPEC, generate, log, start_for
 
 
 def final_model(run: Path, seed: int, arm: str, res: dict, starts: list[str] | None) -> Path:
@@ -41,12 +40,7 @@ def new_images(root: Path, mix: str, n: int, seed: int) -> Path:
     """`n` generated images of the `mix` data set (generator `seed`), converted as the bench converts them."""
     data = root / "data" / "val.parquet"
     if not data.is_file():
-        src = root / "source"
-        subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "sample", "--grounding", "--answer", "short",
-                        "--mix", mix, "--n", str(n), "--seed", str(seed), "--out", str(src)], check=True)
-        subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "grounding", str(src / "grounding.json"),
-                        "--split_name", "val", "--no-instruction", "--output_dir", str(data.parent),
-                        "--no_progress"], check=True, stdout=subprocess.DEVNULL)
+        generate(root / "source", data.parent, "val", n, seed, mix)
     return data
 
 

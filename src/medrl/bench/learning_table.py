@@ -110,12 +110,14 @@ AREA_BAND = (0.8, 1.25)  # median box/true area of the final model
 SHUFFLED_MARGIN = 0.04   # mIoU above the shuffled arm, in every seed
 
 
+def verdict(value: float, target: float) -> str:
+    """"met", or "missed by" how much a worst-seed figure falls short of its target."""
+    return "met" if value >= target - 1e-12 else f"missed by {target - value:.3f}"
+
+
 def target_lines(results: dict[int, dict], arms: list[str], out: Path) -> list[str]:
     """One line per GRPO arm run in every seed: each of issue 23's targets, met or missed and by how much."""
     seeds = sorted(results)
-
-    def verdict(value: float, target: float) -> str:
-        return "met" if value >= target - 1e-12 else f"missed by {target - value:.3f}"
 
     lines = []
     for arm in arms:
@@ -162,7 +164,7 @@ def beyond_sft_lines(results: dict[int, dict], out: Path) -> list[str]:
         lines.append(f"  seed {s}: sft acc@0.5 gain {sft_gain:+.3f} ({'plateaued' if plateaued else 'not plateaued'}); "
                      f"grpo minus sft mIoU {paired(miou)}, acc@0.5 {paired(acc)}")
     worst = min(leads)
-    verdict = "met" if worst >= BEYOND_SFT - 1e-12 else f"missed by {BEYOND_SFT - worst:.3f}"
-    lines.append(f"grpo over equal-time sft, worst seed: acc@0.5 {worst:+.3f} (>= +{BEYOND_SFT:g}: {verdict}); "
+    lines.append(f"grpo over equal-time sft, worst seed: acc@0.5 {worst:+.3f} (>= +{BEYOND_SFT:g}: "
+                 f"{verdict(worst, BEYOND_SFT)}); "
                  f"starts plateaued: {flat} of {len(seeds)}")
     return lines
