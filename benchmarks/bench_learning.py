@@ -44,6 +44,11 @@ RL beyond SFT (issue 23 item 4): `--start A B C --arms grpo sft` starts each see
 the table says per seed whether one more SFT budget added under +0.01 acc@0.5, and pairs GRPO's
 final model with equal-time SFT's on the same validation rows.
 
+Its 300 validation images give a paired change a standard error of about 0.02 acc@0.5, too wide to
+decide a plateau (+0.01) or a lead of +0.03. `--test 1200` then also scores every seed's start and
+final models on 1,200 new images (benchmarks/rescore_learning.py, which does the same for a finished
+run) and prints the same table from those scores into --out/rescored_n1200/table.txt.
+
     python benchmarks/bench_learning.py [--seeds 1] [--budget-min 20] [--out runs/bench_learning]
     python benchmarks/bench_learning.py --reward-arms iou,giou,f1iou,iou_size --arms grpo shuffled \
         --data vindr --seeds 3 --budget-min 10 --out runs/bench_rewards_vindr
@@ -406,6 +411,9 @@ def main() -> int:
     ap.add_argument("--start", nargs="+", default=None, metavar="HF_DIR",
                     help="start every seed's arms from this SFT model instead of a warm-up per seed, "
                          "or give one model per seed (seed 0's first)")
+    ap.add_argument("--test", type=int, default=0, metavar="N",
+                    help="also score the start and final models on N new images (generator seed 3) and print "
+                         "that table too (rescore_learning.py); 0: only the validation images")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra verl keys for the GRPO arms (to try a setting against the recipe's)")
     args = ap.parse_args()
@@ -441,6 +449,12 @@ def main() -> int:
         fh.write(f"# {' '.join(['bench_learning.py', *sys.argv[1:]])}\n{text}\n")
     print(text)
     print(f"plots: {plot}, {plot_acc}\nresults: {out / 'results.json'}")
+    if args.test:
+        sys.modules.setdefault("bench_learning", sys.modules[__name__])  # rescore_learning imports this script
+        from rescore_learning import rescore_run
+
+        written, text = rescore_run(out, args.test, command=f"bench_learning.py --test {args.test}")
+        print(f"scored again on {args.test} new images:\n{text}\ntable: {written}")
     return 0 if all(not math.isnan(results[s]["start"]["miou"]) for s in results) else 1
 
 

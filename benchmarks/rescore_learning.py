@@ -65,6 +65,19 @@ def rescore(run: Path, root: Path, val: Path) -> dict[int, dict]:
     return out
 
 
+def rescore_run(run: Path, n: int, seed: int = 3, command: str = "") -> tuple[Path, str]:
+    """Score `run`'s start and final models on `n` new images (generator `seed`); writes and returns the table."""
+    mix = json.loads((run / "results.json").read_text())["args"].get("data", "one")
+    root = run / f"rescored_n{n}"
+    results = rescore(run, root, new_images(root, mix, n, seed))
+    arms = [a for a in next(iter(results.values())) if a != "start"]
+    text = table(results, arms, root)
+    with atomic_open(root / "table.txt", encoding="utf-8") as fh:
+        fh.write(f"# {command or 'rescore_learning.py'}: {n} new images, generator seed {seed}; "
+                 f"train min and s/step are the run's own\n{text}\n")
+    return root / "table.txt", text
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="a finished bench_learning run (its --out)")
@@ -74,14 +87,7 @@ def main() -> int:
     run = Path(args.run).resolve()
     if not (run / "results.json").is_file():
         ap.error(f"{run / 'results.json'} not found: --run takes a finished bench_learning --out")
-    mix = json.loads((run / "results.json").read_text())["args"].get("data", "one")
-    root = run / f"rescored_n{args.n}"
-    results = rescore(run, root, new_images(root, mix, args.n, args.seed))
-    arms = [a for a in next(iter(results.values())) if a != "start"]
-    text = table(results, arms, root)
-    with atomic_open(root / "table.txt", encoding="utf-8") as fh:
-        fh.write(f"# {' '.join(['rescore_learning.py', *sys.argv[1:]])}: {args.n} new images, generator seed "
-                 f"{args.seed}; train min and s/step are the run's own\n{text}\n")
+    _, text = rescore_run(run, args.n, args.seed, " ".join(["rescore_learning.py", *sys.argv[1:]]))
     print(text)
     return 0
 

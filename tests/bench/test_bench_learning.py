@@ -129,7 +129,7 @@ def test_help_runs():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_learning.py"), "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--reward-arms" in out.stdout and "--data {one,vindr}" in out.stdout
-    assert "--algorithm-arms" in out.stdout
+    assert "--algorithm-arms" in out.stdout and "--test N" in out.stdout
 
 
 def test_step_seconds_is_the_median_of_verls_step_time(bench, tmp_path):
