@@ -42,7 +42,9 @@ with --reward-arms (`grpo` then stands for both lists). The table is also writte
 RL beyond SFT (issue 23 item 4): `--start A B C --arms grpo sft` starts each seed from its own model
 (e.g. each warm-up trained on by SFT until it plateaus). The sft arm is then also the plateau check:
 the table says per seed whether one more SFT budget added under +0.01 acc@0.5, and pairs GRPO's
-final model with equal-time SFT's on the same validation rows.
+final model with equal-time SFT's on the same validation rows. The sft arm keeps cpu_tiny's SFT lr
+nearly constant; `--sft-anneal STEPS` makes its cosine schedule end after STEPS steps (about what
+the budget holds: a harder control, since SFT that anneals can add more than SFT that does not).
 
 Its 300 validation images give a paired change a standard error of about 0.02 acc@0.5, too wide to
 decide a plateau (+0.01) or a lead of +0.03. `--test 1200` then also scores every seed's start and
@@ -255,6 +257,11 @@ def merged(stage: str, stage_dir: Path, step: int | None = None) -> Path:
     return target
 
 
+# The sft arm's cosine schedule spans this many steps: far more than a budget holds, so its lr stays
+# near cpu_tiny's 2e-3 (--sft-anneal sets a span that ends within the budget: a control that anneals).
+SFT_SCHEDULE_STEPS = 100000
+
+
 def sft_settings(seed: int, steps: int, save_freq: int) -> list[str]:
     return [f"trainer.total_training_steps={steps}", f"trainer.save_freq={save_freq}", "trainer.test_freq=-1",
             f"trainer.seed={seed}", "trainer.max_ckpt_to_keep=null"]
@@ -328,11 +335,12 @@ def step_seconds(stage_dir: Path) -> float:
     return statistics.median(times) if times else math.nan
 
 
-def sft_arm(seed_dir: Path, start: Path, seed: int, train_s: float, data: dict[str, str], every: int) -> dict:
+def sft_arm(seed_dir: Path, start: Path, seed: int, train_s: float, data: dict[str, str], every: int,
+            schedule_steps: int = SFT_SCHEDULE_STEPS) -> dict:
     """SFT continued from `start` for `train_s` training seconds (up to the next checkpoint, at most `every`
-    steps more); checkpoints scored by `medrl eval`."""
+    steps more) or `schedule_steps`, whichever comes first; checkpoints scored by `medrl eval`."""
     stage_dir = seed_dir / "sft"
-    times = run_stage("sft", sft_settings(seed + 1000, 100000, every), stage_dir, str(start), data,
+    times = run_stage("sft", sft_settings(seed + 1000, schedule_steps, every), stage_dir, str(start), data,
                       train_budget_s=train_s, save_every=every)
     saved = sorted(int(p.name.split("_")[-1]) for p in (stage_dir / "checkpoints").glob("global_step_*"))
     curve = [learning.evaluate(merged("sft", stage_dir, step), data["val"], stage_dir / f"eval_{step}", str(SPEC),
@@ -368,7 +376,7 @@ def run_seed(out: Path, seed: int, args, data: dict[str, str]) -> dict:
         log(f"seed {seed}: arm {arm}")
         if arm == "sft":
             trained = res.get("grpo", {}).get("curve", [{}])[-1].get("train_s", args.budget_min * 60)
-            got = sft_arm(seed_dir, start, seed, trained, data, args.sft_every)
+            got = sft_arm(seed_dir, start, seed, trained, data, args.sft_every, args.sft_anneal)
         else:
             got = grpo_arm(seed_dir, arm, start, seed, args.budget_min * 60, data, args.val_every, args.set,
                            rewards.get(arm), algorithms.get(arm))
@@ -394,6 +402,10 @@ def main() -> int:
     ap.add_argument("--sft-steps", type=int, default=300, help="SFT warm-up steps (the RL start level)")
     ap.add_argument("--val-every", type=int, default=10, help="GRPO steps between validations")
     ap.add_argument("--sft-every", type=int, default=25, help="SFT-arm steps between saved (scored) checkpoints")
+    ap.add_argument("--sft-anneal", type=int, default=SFT_SCHEDULE_STEPS, metavar="STEPS",
+                    help="the sft arm's cosine lr schedule ends after STEPS steps (the arm stops there if its "
+                         "budget has not run out first); about the steps its budget holds makes a control that "
+                         "anneals, the default keeps the lr nearly constant")
     ap.add_argument("--train", type=int, default=1000, help="training images")
     ap.add_argument("--val", type=int, default=300, help="validation images")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,

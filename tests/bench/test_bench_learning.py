@@ -176,3 +176,24 @@ def test_start_gives_every_seed_one_model_or_each_its_own(bench):
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_learning.py"), "--seeds", "3",
                           "--start", "a", "b"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "one model for every seed or one per seed (3), not 2" in out.stderr
+
+
+def test_the_sft_arm_anneals_over_the_steps_asked_and_scores_every_checkpoint(bench, tmp_path, monkeypatch):
+    asked = {}
+
+    def run_stage(stage, overrides, stage_dir, model, data, train_budget_s=None, save_every=None):
+        asked.update(stage=stage, overrides=overrides, budget=train_budget_s, save_every=save_every)
+        for step in (500, 1000, 1200):  # verl saves every 500 steps and at its last step
+            (stage_dir / "checkpoints" / f"global_step_{step}").mkdir(parents=True)
+        return {500: 100.0, 1000: 200.0, 1200: 240.0}
+
+    monkeypatch.setattr(bench, "run_stage", run_stage)
+    monkeypatch.setattr(bench, "merged", lambda stage, stage_dir, step: stage_dir / f"merged_{step}")
+    monkeypatch.setattr(bench.learning, "evaluate", lambda model, val, out, spec, step, train_s:
+                        bench.learning.ValPoint(step, train_s, 0.1, 0.2, 0.3, 5))
+    got = bench.sft_arm(tmp_path, tmp_path / "start", 1, 600.0, {"val": "v"}, 500, schedule_steps=1200)
+    assert asked["stage"] == "sft" and asked["budget"] == 600.0 and asked["save_every"] == 500
+    assert "trainer.total_training_steps=1200" in asked["overrides"] and "trainer.save_freq=500" in asked["overrides"]
+    assert [p.step for p in got["curve"]] == [500, 1000, 1200] and got["final"].train_s == 240.0
+    bench.sft_arm(tmp_path / "default", tmp_path / "start", 1, 600.0, {"val": "v"}, 500)
+    assert f"trainer.total_training_steps={bench.SFT_SCHEDULE_STEPS}" in asked["overrides"]
