@@ -25,6 +25,8 @@ from medrl.training import learning
 
 from bench_learning import SPEC, generate, log, start_for
 
+NEW_IMAGES_SEED = 3  # the generator seed of the new images: the bench's training images are seed 1, its validation 2
+
 
 def final_model(run: Path, seed: int, arm: str, res: dict, starts: list[str] | None) -> Path:
     """The HF folder bench_learning scored as an arm's final model (the start's for "start")."""
@@ -65,7 +67,7 @@ def rescore(run: Path, root: Path, val: Path) -> dict[int, dict]:
     return out
 
 
-def rescore_run(run: Path, n: int, seed: int = 3, command: str = "") -> tuple[Path, str]:
+def rescore_run(run: Path, n: int, seed: int = NEW_IMAGES_SEED, command: str = "") -> tuple[Path, str]:
     """Score `run`'s start and final models on `n` new images (generator `seed`); writes and returns the table."""
     mix = json.loads((run / "results.json").read_text())["args"].get("data", "one")
     root = run / f"rescored_n{n}"
@@ -82,7 +84,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="a finished bench_learning run (its --out)")
     ap.add_argument("--n", type=int, default=1200, help="new validation images")
-    ap.add_argument("--seed", type=int, default=3, help="their generator seed (the bench uses 1 and 2)")
+    ap.add_argument("--seed", type=int, default=NEW_IMAGES_SEED, help="their generator seed (the bench uses 1 and 2)")
     args = ap.parse_args()
     run = Path(args.run).resolve()
     if not (run / "results.json").is_file():
