@@ -48,8 +48,8 @@ the budget holds: a harder control, since SFT that anneals can add more than SFT
 
 Its 300 validation images give a paired change a standard error of about 0.02 acc@0.5, too wide to
 decide a plateau (+0.01) or a lead of +0.03. `--test 1200` then also scores every seed's start and
-final models on 1,200 new images (benchmarks/rescore_learning.py, which does the same for a finished
-run) and prints the same table from those scores into --out/rescored_n1200/table.txt.
+final models on 1,200 new images (`medrl.bench.rescore`; benchmarks/rescore_learning.py does the same
+for a finished run) and prints the same table from those scores into --out/rescored_n1200/table.txt.
 
     python benchmarks/bench_learning.py [--seeds 1] [--budget-min 20] [--out runs/bench_learning]
     python benchmarks/bench_learning.py --reward-arms iou,giou,f1iou,iou_size --arms grpo shuffled \
@@ -78,17 +78,18 @@ from medrl.processes import LEFTOVER_PREFIXES, end_run, orphaned_shm, remove_shm
 from medrl.training import learning
 from medrl.bench.algorithm_arms import ALGORITHMS, BASE_RECIPE, algorithm_arms, check_arm, shrunk
 from medrl.bench.budget_trainer import BUDGET_ENV, MODULE, TRAINER_MODE
+from medrl.bench.generated_sets import DATA_SETS, NEW_IMAGES_SEED, prepare_data
 from medrl.bench.learning_table import table
+from medrl.bench.progress import log
+from medrl.bench.rescore import SPEC, rescore_run, start_for
 from medrl.training.env import metrics_env, run_env, trainer_mode_overrides
 from medrl.training.pipeline import latest_checkpoint, merge
 from medrl.training.recipes import REPO_ROOT, Recipe, apply_overrides, load_recipe, resolve_paths
 from medrl.training.verl_command import build_command
 
 SHUFFLED_REWARD = REPO_ROOT / "src" / "medrl" / "bench" / "shuffled_reward.py"
-SPEC = REPO_ROOT / "recipes" / "rewards" / "grounding.yaml"
 CANDIDATES = REPO_ROOT / "recipes" / "rewards" / "candidates"
 ARMS = ("grpo", "shuffled", "sft")
-DATA_SETS = ("one", "vindr")
 # The GRPO arms' response length per data set: cpu_tiny's 32 tokens fit one box (about 21 with the
 # end token); the VinDr-like mix's 2- and 3-box answers take 40-66 (measured with the tiny tokenizer),
 # and a cut rollout cannot earn a full answer's reward. Runs before 2026-12-04 used 32 on the mix.
@@ -123,36 +124,6 @@ def arm_list(arms: list[str], rewards: dict[str, Path], algorithms: dict[str, di
     for arm in arms:
         out += grpo if arm == "grpo" else [arm]
     return out
-
-
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
-
-
-def prepare_data(out: Path, n_train: int, n_val: int, mix: str = "one") -> dict[str, str]:
-    """Generated train/val grounding sets (different image seeds, findings per image: `mix`), converted with `medrl prepare`."""
-    data = out / "data"
-    files = {k: str(data / f"{k}.parquet") for k in ("train", "val", "sft_train", "sft_val")}
-    marker = data / "mix.txt"
-    if all(Path(f).is_file() for f in files.values()):
-        made = marker.read_text().strip() if marker.is_file() else "one"
-        if made != mix:
-            raise ValueError(f"{data} holds the {made!r} data set, not {mix!r}: use another --out")
-        return files
-    for split, n, seed in (("train", n_train, 1), ("val", n_val, 2)):
-        generate(out / "source" / split, data, split, n, seed, mix, sft=True)
-    marker.write_text(mix + "\n")
-    return files
-
-
-def generate(src: Path, data: Path, split: str, n: int, seed: int, mix: str, sft: bool = False) -> None:
-    """`n` generated grounding images (generator `seed`, findings per image: `mix`) into `src`, converted by
-    `medrl prepare` into `data`/<split>.parquet (and the SFT rows, with `sft`)."""
-    subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "sample", "--grounding", "--answer", "short",
-                    "--mix", mix, "--n", str(n), "--seed", str(seed), "--out", str(src)], check=True)
-    subprocess.run([sys.executable, "-m", "medrl.cli", "prepare", "grounding", str(src / "grounding.json"),
-                    "--split_name", split, *(["--sft"] if sft else []), "--no-instruction", "--output_dir",
-                    str(data), "--no_progress"], check=True, stdout=subprocess.DEVNULL)
 
 
 def run_stage(stage: str, overrides: list[str], stage_dir: Path, model: str, data: dict[str, str],
@@ -348,13 +319,6 @@ def sft_arm(seed_dir: Path, start: Path, seed: int, train_s: float, data: dict[s
     return {"curve": curve, "final": curve[-1]}
 
 
-def start_for(starts: list[str] | None, seed: int) -> Path | None:
-    """The --start model of `seed`: the one given for every seed, or the seed's own (None: warm up)."""
-    if not starts:
-        return None
-    return Path(starts[0] if len(starts) == 1 else starts[seed]).resolve()
-
-
 def run_seed(out: Path, seed: int, args, data: dict[str, str]) -> dict:
     """All arms of one seed (finished arms are read back, not run again)."""
     seed_dir = out / f"seed{seed}"
@@ -393,8 +357,6 @@ def arm_curve(res: dict, arm: str) -> list[learning.ValPoint]:
     return ([learning.ValPoint(**res["start"])] if arm == "sft" else []) + points
 
 
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=1, help="number of seeds (0, 1, ...)")
@@ -424,8 +386,8 @@ def main() -> int:
                     help="start every seed's arms from this SFT model instead of a warm-up per seed, "
                          "or give one model per seed (seed 0's first)")
     ap.add_argument("--test", type=int, default=0, metavar="N",
-                    help="also score the start and final models on N new images (generator seed 3) and print "
-                         "that table too (rescore_learning.py); 0: only the validation images")
+                    help=f"also score the start and final models on N new images (generator seed {NEW_IMAGES_SEED}) and "
+                         "print that table too (as rescore_learning.py does); 0: only the validation images")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra verl keys for the GRPO arms (to try a setting against the recipe's)")
     args = ap.parse_args()
@@ -462,9 +424,6 @@ def main() -> int:
     print(text)
     print(f"plots: {plot}, {plot_acc}\nresults: {out / 'results.json'}")
     if args.test:
-        sys.modules.setdefault("bench_learning", sys.modules[__name__])  # rescore_learning imports this script
-        from rescore_learning import rescore_run
-
         written, text = rescore_run(out, args.test, command=f"bench_learning.py --test {args.test}")
         print(f"scored again on {args.test} new images:\n{text}\ntable: {written}")
     return 0 if all(not math.isnan(results[s]["start"]["miou"]) for s in results) else 1

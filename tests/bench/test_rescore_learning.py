@@ -1,5 +1,6 @@
-"""benchmarks/rescore_learning.py: which model it scores for each arm, and its refusal of an unfinished run
-(the scoring itself is `medrl eval`, tested in tests/evaluation)."""
+"""medrl.bench.rescore and its door benchmarks/rescore_learning.py: which model it scores for each arm, the
+table it writes, and the refusal of an unfinished run (the scoring itself is `medrl eval`, tested in
+tests/evaluation)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import import_benchmark
 
+from medrl.bench import rescore as rescore_module
 from medrl.bench.learning_table import final_eval_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def rescore():
-    return import_benchmark("rescore_learning")
+    return rescore_module
 
 
 def test_each_arms_final_model_is_the_one_bench_learning_scored(rescore, tmp_path):
@@ -44,7 +45,7 @@ def test_rescore_run_writes_the_table_of_the_new_scores_beside_the_run(rescore, 
         asked.update(root=root, mix=mix, n=n, seed=seed)
         return root / "data" / "val.parquet"
 
-    def scored(run, root, val):  # the new scores, as medrl eval leaves them: start 0.30 / 0.50, grpo 0.36 / 0.58
+    def scored(run, saved, root, val):  # the new scores, as medrl eval leaves them: start 0.30 / 0.50, grpo 0.36 / 0.58
         final = {"step": 24, "train_s": 590.0, "miou": 0.36, "acc50": 0.58, "reward": 0.4, "n": 2}
         res = {"start": {**final, "step": 0, "train_s": 0.0, "miou": 0.30, "acc50": 0.50},
                "grpo": {"curve": [], "final": final, "s_step": 20.0}}
