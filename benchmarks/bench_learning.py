@@ -78,7 +78,7 @@ from medrl.processes import LEFTOVER_PREFIXES, end_run, orphaned_shm, remove_shm
 from medrl.training import learning
 from medrl.bench.algorithm_arms import ALGORITHMS, BASE_RECIPE, algorithm_arms, check_arm, shrunk
 from medrl.bench.budget_trainer import BUDGET_ENV, MODULE, TRAINER_MODE
-from medrl.bench.generated_sets import DATA_SETS, NEW_IMAGES_SEED, prepare_data
+from medrl.bench.generated_sets import DATA_SETS, NEW_IMAGES_SEED, data_files, prepare_data
 from medrl.bench.learning_table import table
 from medrl.bench.progress import log
 from medrl.bench.rescore import SPEC, rescore_run, start_for
@@ -275,8 +275,7 @@ def check_arms(algorithms: dict[str, dict[str, Any]], extra: list[str], out: Pat
 
 def keys_as_run(keys: list[str], out: Path) -> Recipe:
     """cpu_tiny with a GRPO arm's keys, as `_run_once` launches it (data: the bench's files under `out`)."""
-    data = {k: str(out / "data" / f"{k}.parquet") for k in ("train", "val", "sft_train", "sft_val")}
-    return cpu_tiny("grpo", keys, data, out)
+    return cpu_tiny("grpo", keys, data_files(out), out)
 
 
 def grpo_arm(seed_dir: Path, arm: str, start: Path, seed: int, budget_s: float, data: dict[str, str],

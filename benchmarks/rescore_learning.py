@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from medrl.bench.generated_sets import NEW_IMAGES_SEED
+from medrl.bench.generated_sets import NEW_IMAGES_SEED, SPLIT_SEEDS
 from medrl.bench.rescore import rescore_run
 
 
@@ -27,7 +27,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="a finished bench_learning run (its --out)")
     ap.add_argument("--n", type=int, default=1200, help="new validation images")
-    ap.add_argument("--seed", type=int, default=NEW_IMAGES_SEED, help="their generator seed (the bench uses 1 and 2)")
+    ap.add_argument("--seed", type=int, default=NEW_IMAGES_SEED, help=f"their generator seed (the bench's splits use {SPLIT_SEEDS})")
     args = ap.parse_args()
     run = Path(args.run).resolve()
     if not (run / "results.json").is_file():

@@ -25,10 +25,15 @@ def generate(src: Path, data: Path, split: str, n: int, seed: int, mix: str, sft
                     str(data), "--no_progress"], check=True, stdout=subprocess.DEVNULL)
 
 
+def data_files(out: Path) -> dict[str, str]:
+    """The bench's four parquet files under `out`/data: {"train", "val", "sft_train", "sft_val": path}."""
+    return {k: str(out / "data" / f"{k}.parquet") for k in ("train", "val", "sft_train", "sft_val")}
+
+
 def prepare_data(out: Path, n_train: int, n_val: int, mix: str = "one") -> dict[str, str]:
     """Generated train/val grounding sets under `out`/data (made once; a folder holding another mix is refused)."""
     data = out / "data"
-    files = {k: str(data / f"{k}.parquet") for k in ("train", "val", "sft_train", "sft_val")}
+    files = data_files(out)
     marker = data / "mix.txt"
     if all(Path(f).is_file() for f in files.values()):
         made = marker.read_text().strip() if marker.is_file() else "one"
