@@ -17,10 +17,11 @@ scored by `medrl eval` with the same reward. Prints validation mIoU, acc@0.5 and
 (min / median / max over seeds) and writes learning_curves.png and results.json into --out.
 Finished arms are kept: running it again with more seeds adds them.
 
-Comparing grounding rewards (issue 23): `--reward-arms iou,giou,f1iou,...` runs one GRPO arm per
+Comparing grounding rewards (issue 23): `--reward-arms shipped,iou,giou,...` runs one GRPO arm per
 grounding spec in place of the single grpo arm, beside the same shuffled control (which keeps the
-recipe's spec). A name is a file of recipes/rewards/candidates/ (`iou` is the shipped
-recipes/rewards/grounding.yaml, whose arm keeps the name grpo), or a path to a spec. The table then
+recipe's spec). A name is `shipped` (recipes/rewards/grounding.yaml, whose arm keeps the name grpo),
+a file of recipes/rewards/candidates/ (`iou`: IoU + format, the shipped spec until 2026-12-05), or
+a path to a spec. The table then
 gives each arm's validation mIoU, acc@0.5 and median box/true area as min / median / max over seeds,
 and each arm's margin over the shuffled arm per seed; learning_curves.png (mIoU) and
 learning_curves_acc50.png (acc@0.5) plot every arm. GRPO curves are then re-scored by medrl eval's
@@ -52,7 +53,7 @@ final models on 1,200 new images (`medrl.bench.rescore`; benchmarks/rescore_lear
 for a finished run) and prints the same table from those scores into --out/rescored_n1200/table.txt.
 
     python benchmarks/bench_learning.py [--seeds 1] [--budget-min 20] [--out runs/bench_learning]
-    python benchmarks/bench_learning.py --reward-arms iou,giou,f1iou,iou_size --arms grpo shuffled \
+    python benchmarks/bench_learning.py --reward-arms shipped,iou,giou,f1iou --arms grpo shuffled \
         --data vindr --seeds 3 --budget-min 10 --out runs/bench_rewards_vindr
     python benchmarks/bench_learning.py --algorithm-arms grpo,gspo,dapo,dr_grpo,rloo,reinforce_pp \
         --arms grpo --seeds 3 --budget-min 10 --start runs/sft_start/merged --out runs/bench_algorithms
@@ -89,6 +90,7 @@ from medrl.training.verl_command import build_command
 
 SHUFFLED_REWARD = REPO_ROOT / "src" / "medrl" / "bench" / "shuffled_reward.py"
 CANDIDATES = REPO_ROOT / "recipes" / "rewards" / "candidates"
+SHIPPED = "shipped"  # --reward-arms' name for the shipped spec (SPEC); `iou` names candidates/iou.yaml
 ARMS = ("grpo", "shuffled", "sft")
 # The GRPO arms' response length per data set: cpu_tiny's 32 tokens fit one box (about 21 with the
 # end token); the VinDr-like mix's 2- and 3-box answers take 40-66 (measured with the tiny tokenizer),
@@ -97,17 +99,17 @@ RESPONSE_LENGTH = {"one": None, "vindr": 72}
 
 
 def reward_arms(names: str | None) -> dict[str, Path]:
-    """{arm name: spec file} for `--reward-arms` (comma-separated); `iou` is the shipped spec, arm grpo."""
+    """{arm name: spec file} for `--reward-arms` (comma-separated); `shipped` is the shipped spec, arm grpo."""
     arms: dict[str, Path] = {}
     for name in [n.strip() for n in (names or "").split(",") if n.strip()]:
-        if name == "iou":
+        if name == SHIPPED:
             arm, spec = "grpo", SPEC
         elif (CANDIDATES / f"{name}.yaml").is_file():
             arm, spec = f"grpo_{name}", CANDIDATES / f"{name}.yaml"
         elif name.endswith((".yaml", ".yml")) and Path(name).is_file():
             arm, spec = f"grpo_{Path(name).stem}", Path(name).resolve()
         else:
-            known = ", ".join(["iou"] + sorted(p.stem for p in CANDIDATES.glob("*.yaml")))
+            known = ", ".join([SHIPPED] + sorted(p.stem for p in CANDIDATES.glob("*.yaml")))
             raise ValueError(f"--reward-arms: {name!r} is neither a spec of {CANDIDATES} ({known}) nor a .yaml file")
         if arm in arms:
             raise ValueError(f"--reward-arms: {name!r} given twice")
@@ -372,9 +374,9 @@ def main() -> int:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,
                     help="arms to run; with --reward-arms, grpo stands for one arm per reward spec")
     ap.add_argument("--reward-arms", default=None, metavar="NAMES",
-                    help="comma-separated grounding specs, one GRPO arm each: iou (the shipped spec) or names of "
-                         "recipes/rewards/candidates/*.yaml (giou, f1iou, f1iou_soft, iou_size, giou_f1_size) "
-                         "or paths to spec files")
+                    help=f"comma-separated grounding specs, one GRPO arm each: {SHIPPED} (recipes/rewards/"
+                         "grounding.yaml), names of recipes/rewards/candidates/*.yaml (iou, giou, f1iou, "
+                         "iou_size_distance, ...) or paths to spec files")
     ap.add_argument("--algorithm-arms", default=None, metavar="NAMES",
                     help=f"comma-separated RL algorithms, one GRPO-trainer arm each: {', '.join(ALGORITHMS)} "
                          f"(the keys recipes/<name>_grounding.yaml adds over {BASE_RECIPE}; grpo: none)")

@@ -24,22 +24,23 @@ def bench():
 
 
 def test_reward_arms_name_spec_files(bench, tmp_path):
-    arms = bench.reward_arms("iou, giou,f1iou")
+    arms = bench.reward_arms("shipped, iou,giou,f1iou")
     assert arms == {"grpo": REPO / "recipes/rewards/grounding.yaml",
+                    "grpo_iou": REPO / "recipes/rewards/candidates/iou.yaml",  # IoU + format, not the shipped spec
                     "grpo_giou": REPO / "recipes/rewards/candidates/giou.yaml",
                     "grpo_f1iou": REPO / "recipes/rewards/candidates/f1iou.yaml"}
     own = tmp_path / "mine.yaml"
     own.write_text("routes: {medrl/grounding: {iou: 1.0}}\n")
     assert bench.reward_arms(str(own)) == {"grpo_mine": own}
-    with pytest.raises(ValueError, match=r"'ciou' is neither .*iou_size"):
-        bench.reward_arms("iou,ciou")
+    with pytest.raises(ValueError, match=r"'ciou' is neither .*shipped, f1iou.*iou_size"):
+        bench.reward_arms("shipped,ciou")
     with pytest.raises(ValueError, match="given twice"):
         bench.reward_arms("giou,giou")
     assert bench.reward_arms(None) == {}
 
 
 def test_grpo_stands_for_every_reward_arm(bench):
-    rewards = bench.reward_arms("iou,giou")
+    rewards = bench.reward_arms("shipped,giou")
     assert bench.arm_list(["grpo", "shuffled", "sft"], rewards) == ["grpo", "grpo_giou", "shuffled", "sft"]
     assert bench.arm_list(["shuffled", "grpo"], {}) == ["shuffled", "grpo"]
 
@@ -89,7 +90,7 @@ def test_algorithm_arm_names_are_checked(bench, tmp_path):
     with pytest.raises(ValueError, match="given twice"):
         bench.algorithm_arms("rloo, rloo")
     arms = bench.algorithm_arms("grpo,gspo")
-    assert bench.arm_list(["grpo", "shuffled"], bench.reward_arms("iou,giou"), arms) == [
+    assert bench.arm_list(["grpo", "shuffled"], bench.reward_arms("shipped,giou"), arms) == [
         "grpo", "grpo_giou", "gspo", "shuffled"]
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_learning.py"), "--algorithm-arms",
                           "gspo,ppo", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
